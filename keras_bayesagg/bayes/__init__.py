@@ -1,0 +1,23 @@
+"""The pure math of BayesAgg-MTL: posteriors, gradient moments, aggregation, safe Cholesky.
+
+Plain TensorFlow functions with no Keras state, so each can be tested alone.
+"""
+
+from keras_bayesagg.bayes.aggregation import (
+    InverseVarianceAggregate,
+    inverse_variance_aggregate,
+    tempered_variance,
+)
+from keras_bayesagg.bayes.linalg import SafeCholesky, inverse_diagonal, inverse_from_cholesky, safe_cholesky
+from keras_bayesagg.bayes import regression
+
+__all__ = [
+    "InverseVarianceAggregate",
+    "SafeCholesky",
+    "inverse_diagonal",
+    "inverse_from_cholesky",
+    "inverse_variance_aggregate",
+    "regression",
+    "safe_cholesky",
+    "tempered_variance",
+]

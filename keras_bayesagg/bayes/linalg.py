@@ -1,0 +1,73 @@
+"""Cholesky factorization that never raises and never returns NaN silently.
+
+TensorFlow's CPU kernel raises on a matrix that is not positive definite while XLA (and the GPU
+kernel) return NaN. We run the factorization under XLA everywhere, so failure always shows as
+non-finite entries, and retry with a bounded, escalating diagonal jitter relative to the mean
+diagonal. The caller receives a per-matrix success flag and decides how to report failure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import tensorflow as tf
+
+DEFAULT_RELATIVE_JITTERS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+class SafeCholesky(NamedTuple):
+    """Lower Cholesky factor(s) and a boolean per matrix: True where the factor is finite."""
+
+    factor: tf.Tensor
+    ok: tf.Tensor
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _xla_cholesky(matrix: tf.Tensor) -> tf.Tensor:
+    return tf.linalg.cholesky(matrix)
+
+
+def _is_finite_factor(factor: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_all(tf.math.is_finite(factor), axis=[-2, -1])
+
+
+def safe_cholesky(
+    matrix: tf.Tensor, relative_jitters: Sequence[float] = DEFAULT_RELATIVE_JITTERS
+) -> SafeCholesky:
+    """Factor symmetric positive-definite `matrix` ([..., n, n]), adding jitter only on failure.
+
+    The first attempt adds nothing. Each later attempt (only taken when some matrix in the batch
+    failed) adds `jitter * mean(diag)` to the diagonal of the failed matrices only.
+    """
+    matrix = tf.convert_to_tensor(matrix)
+    n = tf.shape(matrix)[-1]
+    diag_scale = tf.reduce_mean(tf.abs(tf.linalg.diag_part(matrix)), axis=-1)
+    diag_scale = tf.where(diag_scale > 0, diag_scale, tf.ones_like(diag_scale))
+    eye = tf.eye(n, dtype=matrix.dtype)
+
+    factor = _xla_cholesky(matrix)
+    ok = _is_finite_factor(factor)
+    for jitter in relative_jitters:
+
+        def retry(factor=factor, ok=ok, jitter=jitter):
+            shift = (jitter * diag_scale)[..., None, None] * eye
+            retried = _xla_cholesky(matrix + shift)
+            keep = ok[..., None, None]
+            return tf.where(keep, factor, retried)
+
+        factor = tf.cond(tf.reduce_all(ok), lambda factor=factor: factor, retry)
+        ok = _is_finite_factor(factor)
+    return SafeCholesky(factor, ok)
+
+
+def inverse_diagonal(factor: tf.Tensor) -> tf.Tensor:
+    """diag(A⁻¹) from the lower Cholesky factor L of A, as Σ_k (L⁻¹)_kj² (no full inverse kept)."""
+    eye = tf.eye(tf.shape(factor)[-1], batch_shape=tf.shape(factor)[:-2], dtype=factor.dtype)
+    factor_inverse = tf.linalg.triangular_solve(factor, eye, lower=True)
+    return tf.reduce_sum(tf.square(factor_inverse), axis=-2)
+
+
+def inverse_from_cholesky(factor: tf.Tensor) -> tf.Tensor:
+    """A⁻¹ from the lower Cholesky factor of A (for tests and small matrices)."""
+    eye = tf.eye(tf.shape(factor)[-1], batch_shape=tf.shape(factor)[:-2], dtype=factor.dtype)
+    return tf.linalg.cholesky_solve(factor, eye)

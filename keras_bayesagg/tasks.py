@@ -1,0 +1,312 @@
+"""Task kinds: each knows its linear head, its loss, its label format and its gradient w.r.t. h.
+
+A *task* is one entry of the `tasks` dict given to `MultiTaskModel`. For aggregation a task is
+split into *task units* the way the paper counts tasks: every regression output and every
+binary output is one unit, a multiclass head is one unit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+REGRESSION = "regression"
+BINARY = "binary"
+MULTICLASS = "multiclass"
+
+
+class LinearHead(keras.layers.Layer):
+    """A float32 linear layer z = h·K + b (the head of one task).
+
+    Regression heads also hold a non-trainable `posterior_kernel` and a switch
+    `use_posterior`: once BayesAgg refreshes the full-data posterior, the head predicts h·m_F
+    without bias (the paper's prediction rule) and its trainable kernel and bias get no
+    gradient, so evaluate, predict and export all use the posterior mean.
+    """
+
+    def __init__(self, units: int, with_posterior: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.with_posterior = bool(with_posterior)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        dim = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel", shape=(dim, self.units), initializer="glorot_uniform"
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        if self.with_posterior:
+            self.posterior_kernel = self.add_weight(
+                name="posterior_kernel",
+                shape=(dim, self.units),
+                initializer="zeros",
+                trainable=False,
+            )
+            self.use_posterior = self.add_weight(
+                name="use_posterior", shape=(), initializer="zeros", trainable=False
+            )
+
+    def effective_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
+        if not self.with_posterior:
+            return self.kernel, self.bias
+        switch = tf.convert_to_tensor(self.use_posterior)
+        kernel = switch * self.posterior_kernel + (1.0 - switch) * self.kernel
+        return kernel, (1.0 - switch) * self.bias
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        kernel, bias = self.effective_kernel_and_bias()
+        return tf.matmul(tf.cast(inputs, kernel.dtype), kernel) + bias
+
+    def set_posterior_kernel(self, kernel: tf.Tensor) -> None:
+        """Make the head predict h·kernel (no bias) from now on."""
+        self.posterior_kernel.assign(tf.cast(kernel, self.posterior_kernel.dtype))
+        self.use_posterior.assign(1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "with_posterior": self.with_posterior}
+
+
+class Task:
+    """Base class of the task kinds. Subclasses are small value objects (serializable)."""
+
+    kind: str = ""
+
+    def __init__(self, units: int) -> None:
+        if int(units) != units or units < 1:
+            raise ValueError(f"{type(self).__name__} needs a positive whole number of units; got {units!r}.")
+        self.units = int(units)
+
+    # -- structure --------------------------------------------------------------------------
+    @property
+    def num_task_units(self) -> int:
+        """How many tasks this entry counts as for aggregation."""
+        return self.units
+
+    def make_head(self, name: str) -> LinearHead:
+        return LinearHead(self.units, name=name)
+
+    # -- labels -----------------------------------------------------------------------------
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
+        """Static checks (shape, dtype) with a clear error; returns the labels in canonical form."""
+        raise NotImplementedError
+
+    def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
+        """A scalar bool: the label *values* fit the task (checked inside the compiled step)."""
+        return tf.constant(True)
+
+    def value_expectation(self) -> str:
+        """What `labels_valid` checks, in words, for error messages."""
+        return "valid values"
+
+    # -- losses and gradients ---------------------------------------------------------------
+    def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """ℓ_ik for every sample i and task unit k of this task: [B, num_task_units]."""
+        raise NotImplementedError
+
+    def logit_gradients(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """∂ℓ_i/∂z_i, the residual of each sample w.r.t. its own logits: [B, units]."""
+        raise NotImplementedError
+
+    def representation_gradients(self, residuals: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """Per-sample ∂ℓ_ik/∂h_i for each unit k: [B, num_task_units, D].
+
+        For outputs that are tasks of their own (regression, binary) unit o gets r_o·K[:, o];
+        a multiclass head is one unit and gets Σ_c r_c·K[:, c].
+        """
+        return residuals[:, :, None] * tf.transpose(kernel)[None, :, :]
+
+    def predictions(self, logits: tf.Tensor) -> tf.Tensor:
+        return logits
+
+    # -- config -----------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"units": self.units}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Task":
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.units})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.units))
+
+
+def _static_shape(labels: tf.Tensor) -> list[int | None]:
+    return list(labels.shape) if labels.shape.rank is not None else []
+
+
+def _as_tensor(name: str, task: Task, labels: Any) -> tf.Tensor:
+    try:
+        tensor = tf.convert_to_tensor(labels)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"Task '{name}' ({task.describe()}): labels could not be converted to a tensor: {error}") from None
+    if tensor.dtype == tf.string:
+        raise ValueError(f"Task '{name}' ({task.describe()}) expects numeric labels; got dtype string.")
+    return tensor
+
+
+def _dense_labels(name: str, task: Task, labels: Any) -> tf.Tensor:
+    """Labels with one value per output: shape (batch, units), or (batch,) when units == 1."""
+    tensor = _as_tensor(name, task, labels)
+    shape = _static_shape(tensor)
+    if len(shape) == 1 and task.units == 1:
+        tensor = tensor[:, None]
+    elif len(shape) != 2 or (shape[1] is not None and shape[1] != task.units):
+        expected = "(batch,) or (batch, 1)" if task.units == 1 else f"(batch, {task.units})"
+        raise ValueError(
+            f"Task '{name}' ({task.describe()}) expects labels of shape {expected}; got shape {tuple(shape)}."
+        )
+    if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype == tf.bool):
+        raise ValueError(f"Task '{name}' ({task.describe()}) expects numeric labels; got dtype {tensor.dtype.name}.")
+    return tf.cast(tensor, tf.float32)
+
+
+class Regression(Task):
+    """`units` regression outputs with squared error (y - z)²; each output is one task."""
+
+    kind = REGRESSION
+
+    def __init__(self, units: int = 1) -> None:
+        super().__init__(units)
+
+    def describe(self) -> str:
+        return f"Regression with {self.units} output{'s' if self.units > 1 else ''}"
+
+    def make_head(self, name: str) -> LinearHead:
+        return LinearHead(self.units, with_posterior=True, name=name)
+
+    def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
+        return _dense_labels(name, self, labels)
+
+    def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_all(tf.math.is_finite(labels))
+
+    def value_expectation(self) -> str:
+        return "expected finite numbers"
+
+    def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return tf.square(logits - labels)
+
+    def logit_gradients(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return 2.0 * (logits - labels)
+
+
+class Binary(Task):
+    """A set of `units` independent binary tasks (sigmoid cross-entropy); labels in [0, 1]."""
+
+    kind = BINARY
+
+    def describe(self) -> str:
+        return f"Binary with {self.units} output{'s' if self.units > 1 else ''}"
+
+    def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
+        return _dense_labels(name, self, labels)
+
+    def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_all((labels >= 0.0) & (labels <= 1.0))
+
+    def value_expectation(self) -> str:
+        return "expected values in [0, 1] (0/1 labels or probabilities)"
+
+    def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+
+    def logit_gradients(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return tf.sigmoid(logits) - labels
+
+    def predictions(self, logits: tf.Tensor) -> tf.Tensor:
+        return tf.sigmoid(logits)
+
+
+class Multiclass(Task):
+    """One softmax head over `num_classes` classes; the whole head is one task.
+
+    Labels are class indices (shape (batch,) or (batch, 1), integer) or one-hot / probability
+    rows (shape (batch, num_classes), float). Internally they are kept as probability rows.
+    """
+
+    kind = MULTICLASS
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        if self.units < 2:
+            raise ValueError(f"Multiclass needs at least 2 classes; got {num_classes!r}. Use Binary(1) for one yes/no task.")
+
+    @property
+    def num_classes(self) -> int:
+        return self.units
+
+    @property
+    def num_task_units(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        return f"Multiclass with {self.units} classes"
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_classes": self.units}
+
+    def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
+        tensor = _as_tensor(name, self, labels)
+        shape = _static_shape(tensor)
+        if tensor.dtype.is_integer and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            indices = tf.reshape(tf.cast(tensor, tf.int32), [-1])
+            # Out-of-range indices become a row of NaN so that `labels_valid` catches them.
+            in_range = (indices >= 0) & (indices < self.units)
+            one_hot = tf.one_hot(tf.where(in_range, indices, 0), self.units, dtype=tf.float32)
+            return tf.where(in_range[:, None], one_hot, tf.fill(tf.shape(one_hot), float("nan")))
+        if tensor.dtype.is_floating and len(shape) == 2 and shape[1] == self.units:
+            return tf.cast(tensor, tf.float32)
+        raise ValueError(
+            f"Task '{name}' ({self.describe()}) expects integer class indices of shape (batch,) or "
+            f"(batch, 1), or float one-hot rows of shape (batch, {self.units}); "
+            f"got dtype {tensor.dtype.name} and shape {tuple(shape)}."
+        )
+
+    def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
+        in_unit_interval = tf.reduce_all((labels >= 0.0) & (labels <= 1.0))
+        sums_to_one = tf.reduce_all(tf.abs(tf.reduce_sum(labels, axis=-1) - 1.0) < 1e-3)
+        return in_unit_interval & sums_to_one
+
+    def value_expectation(self) -> str:
+        return f"expected class indices in [0, {self.units}) or probability rows that sum to 1"
+
+    def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)[:, None]
+
+    def logit_gradients(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(logits) - labels
+
+    def representation_gradients(self, residuals: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(residuals, kernel, transpose_b=True)[:, None, :]
+
+    def predictions(self, logits: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(logits)
+
+
+TASK_KINDS: dict[str, type[Task]] = {"Regression": Regression, "Binary": Binary, "Multiclass": Multiclass}
+
+
+def serialize_task(task: Task) -> dict[str, Any]:
+    return {"class_name": type(task).__name__, "config": task.get_config()}
+
+
+def deserialize_task(config: dict[str, Any] | Task) -> Task:
+    if isinstance(config, Task):
+        return config
+    try:
+        kind = TASK_KINDS[config["class_name"]]
+    except KeyError:
+        raise ValueError(f"Unknown task kind {config.get('class_name')!r}; known: {sorted(TASK_KINDS)}.") from None
+    return kind.from_config(config["config"])
