@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import keras
 import numpy as np
@@ -61,8 +61,9 @@ class MultiTaskModel(keras.Model):
         self.task_specs: dict[str, Task] = dict(tasks)
         self.heads = {name: task.make_head(name) for name, task in self.task_specs.items()}
         self.task_loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss") for name in self.task_specs}
-        self.invalid_label_code = self.add_weight(
-            name="invalid_label_code", shape=(), dtype="int32", initializer="zeros", trainable=False
+        # Bookkeeping, not model state: kept out of `model.weights` like the aggregator.
+        object.__setattr__(
+            self, "invalid_label_code", keras.Variable(0, dtype="int32", trainable=False, name="invalid_label_code")
         )
         self.representation_dim: int | None = None
 
@@ -94,9 +95,10 @@ class MultiTaskModel(keras.Model):
         for head in self.heads.values():
             if not head.built:
                 head.build((None, self.representation_dim))
+        self.built = True
         if self.aggregator is not None:
             self.aggregator.build_for(self.task_layout)
-        self.built = True
+            self._build_optimizer()
 
     def _representation(self, inputs: Any, training: bool | None) -> tf.Tensor:
         h = self.trunk(inputs, training=training)
@@ -179,19 +181,24 @@ class MultiTaskModel(keras.Model):
         return resolved
 
     def _attach_aggregator(self, aggregator: Aggregator) -> None:
-        """Track the aggregator as a sub-layer (its variables are saved and trained), replacing any old one."""
-        previous = self.aggregator
-        locked = self._tracker.locked
-        self._tracker.unlock()
-        try:
-            if previous is not None and previous is not aggregator and previous in self._layers:
-                self._layers.remove(previous)
-            self._aggregator = aggregator
-        finally:
-            if locked:
-                self._tracker.lock()
+        """Keep the aggregator outside `model.weights` (like the optimizer) but saved with the model.
+
+        Its variables are written to `.keras` files and weight checkpoints under `aggregator/`
+        because Keras saves every saveable attribute; its trainable variables are trained by the
+        model's optimizer (see `_optimizer_variables`).
+        """
+        object.__setattr__(self, "_aggregator", aggregator)
         if self.representation_dim is not None:
             aggregator.build_for(self.task_layout)
+            self._build_optimizer()
+
+    def _optimizer_variables(self) -> list[Any]:
+        extra = list(self.aggregator.trainable_variables) if self.aggregator is not None else []
+        return list(self.trainable_variables) + extra
+
+    def _build_optimizer(self) -> None:
+        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+            self.optimizer.build(self._optimizer_variables())
 
     def get_compile_config(self) -> dict[str, Any]:
         if not (self.compiled and hasattr(self, "_compile_config")):
@@ -204,8 +211,8 @@ class MultiTaskModel(keras.Model):
     def compile_from_config(self, config: dict[str, Any]) -> None:
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
+        if self.built:
+            self._build_optimizer()
 
     # ------------------------------------------------------------------ labels
     def _prepare_labels(self, y: Any) -> dict[str, tf.Tensor]:
@@ -267,7 +274,11 @@ class MultiTaskModel(keras.Model):
     def _ensure_built(self, x: Any) -> None:
         """On the TensorFlow backend Keras builds a subclassed model in its first traced step."""
         if not self.built:
-            self.build(keras.tree.map_structure(lambda t: tuple(t.shape), x))
+            self._build_symbolically(keras.tree.map_structure(lambda t: _InputSpec(tuple(t.shape), t.dtype), x))
+
+    def _build_symbolically(self, specs: Any) -> None:
+        """Build by one symbolic call, so Keras records the input signature `export` needs."""
+        self(_map_specs(specs))
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -331,8 +342,11 @@ class MultiTaskModel(keras.Model):
         del tape
 
         # A step with labels that do not fit their task makes no update (the callback then raises).
-        gradients = [None if g is None else tf.where(labels_ok, g, tf.zeros_like(g)) for g in gradients]
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        def apply() -> tf.Tensor:
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return tf.constant(True)
+
+        tf.cond(labels_ok, apply, lambda: tf.constant(False))
         aggregator.record_task_weights(aggregation.task_weights)
 
         batch_size = tf.shape(h)[0]
@@ -377,12 +391,9 @@ class MultiTaskModel(keras.Model):
         if isinstance(x, tf.data.Dataset):
             spec = x.element_spec
             spec = spec[0] if isinstance(spec, tuple) else spec
-            shapes = keras.tree.map_structure(lambda s: tuple(s.shape), spec)
-        elif hasattr(x, "shape"):
-            shapes = (None,) + tuple(x.shape[1:])
-        else:
-            return
-        self.build(shapes)
+            self._build_symbolically(keras.tree.map_structure(lambda s: _InputSpec(tuple(s.shape), s.dtype), spec))
+        elif hasattr(x, "shape") and hasattr(x, "dtype"):
+            self._build_symbolically(_InputSpec((None,) + tuple(x.shape[1:]), x.dtype))
 
     def fit(self, x: Any = None, *args: Any, callbacks: Any = None, **kwargs: Any) -> keras.callbacks.History:
         self._build_from_data(x)
@@ -404,6 +415,23 @@ class MultiTaskModel(keras.Model):
         trunk = keras.saving.deserialize_keras_object(config["trunk"], custom_objects=custom_objects)
         tasks = {name: deserialize_task(task) for name, task in config["tasks"].items()}
         return cls(trunk, tasks, name=config.get("name"))
+
+
+class _InputSpec(NamedTuple):
+    shape: tuple[int | None, ...]
+    dtype: Any
+
+
+def _map_specs(specs: Any) -> Any:
+    """`_InputSpec`s, possibly nested in dicts/lists, to KerasTensors with a free batch size."""
+    if isinstance(specs, _InputSpec):
+        shape, dtype = specs
+        return keras.KerasTensor((None,) + tuple(shape[1:]), dtype=keras.backend.standardize_dtype(tf.as_dtype(dtype).name))
+    if isinstance(specs, dict):
+        return {key: _map_specs(value) for key, value in specs.items()}
+    if isinstance(specs, (list, tuple)):
+        return type(specs)(_map_specs(value) for value in specs)
+    raise TypeError(f"Cannot build MultiTaskModel from inputs described as {specs!r}.")
 
 
 def _per_unit_parameter_gradients(
