@@ -50,7 +50,7 @@ class UncertaintyWeighting(Aggregator):
             factors = [1.0] * layout.num_units
         else:
             factors = [0.5] * layout.num_units
-        self.loss_factors = tf.constant(factors, tf.float32)
+        self.loss_factors = tuple(factors)
 
     def regularizer(self, log_variances: tf.Tensor) -> tf.Tensor:
         """The per-unit term that stops σ_k² from growing without bound."""
@@ -62,7 +62,7 @@ class UncertaintyWeighting(Aggregator):
 
     def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
         log_variances = tf.convert_to_tensor(self.log_variances)
-        weights = self.loss_factors * tf.exp(-log_variances)
+        weights = tf.constant(self.loss_factors, tf.float32) * tf.exp(-log_variances)
         objective = tf.reduce_sum(weights * inputs.losses + self.regularizer(log_variances))
         return Aggregation(objective=objective, task_weights=tf.stop_gradient(weights))
 
