@@ -265,7 +265,7 @@ def test_famo_moves_weight_to_the_task_whose_loss_stalls() -> None:
 
 def test_gradnorm_known_answer() -> None:
     aggregator = built(GradNorm(alpha=1.5, learning_rate=0.025), binary_layout(2))
-    # ‖∂L_k/∂H‖: task 0: sqrt(3·2·(6/√6)²)/3 = 2... built so the norms are [2, 1].
+    # ‖∂L_k/∂H‖_F = sqrt(Σ_i G[i,k]²)/B; entries a·√B in one dimension give norm a: norms [2, 1].
     gradients = np.zeros((BATCH, 2, DIM), np.float32)
     gradients[:, 0, 0] = 2.0 * BATCH / math.sqrt(BATCH)
     gradients[:, 1, 0] = 1.0 * BATCH / math.sqrt(BATCH)
