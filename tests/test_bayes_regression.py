@@ -109,3 +109,20 @@ def test_safe_cholesky_inside_graph_without_xla():
 
     _, ok = factor_in_graph(tf.constant([[1.0, 2.0], [2.0, 1.0]]))
     assert not bool(ok)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(tf.float64, 1e-10), (tf.float32, 3e-5)])
+def test_low_rank_marginals_match_reference_and_direct_path(reference, dtype, tolerance):
+    precision, full_mean, direct, features, targets = _reference_posteriors(reference, dtype)
+    covariance = tf.constant(np.linalg.inv(precision.numpy().astype(np.float64)), dtype)
+    low_rank = regression.low_rank_marginals(covariance, full_mean, features, targets)
+    assert bool(low_rank.ok)
+    full = regression.marginals_from_posterior(direct, features)
+    np.testing.assert_allclose(low_rank.mean, reference["reg_batch_mean"], atol=tolerance * np.abs(reference["reg_batch_mean"]).max())
+    np.testing.assert_allclose(low_rank.covariance_diag, np.diag(reference["reg_batch_cov"]), rtol=tolerance * 10)
+    for got, want in zip(low_rank[:4], full[:4]):
+        np.testing.assert_allclose(got, want, rtol=tolerance * 100, atol=tolerance * np.abs(want.numpy()).max())
+    moments = regression.gradient_moments(low_rank, features, targets)
+    np.testing.assert_allclose(
+        tempered_variance(moments.variance, float(reference["meta_S_REG"])), reference["reg_grad_var_pow"], rtol=tolerance * 30
+    )

@@ -28,6 +28,20 @@ class GradientMoments(NamedTuple):
     variance: tf.Tensor
 
 
+class PosteriorMarginals(NamedTuple):
+    """What the gradient moments need from a batch posterior N(m_o, S), without S itself.
+
+    mean [O, D]; covariance_diag diag(S) [D]; covariance_features c_i = S h_i [B, D];
+    feature_variance v_i = h_iᵀ S h_i [B]; ok: the factorization succeeded.
+    """
+
+    mean: tf.Tensor
+    covariance_diag: tf.Tensor
+    covariance_features: tf.Tensor
+    feature_variance: tf.Tensor
+    ok: tf.Tensor
+
+
 def full_data_posterior(
     feature_gram: tf.Tensor, feature_target: tf.Tensor, prior_variance: float
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -59,28 +73,67 @@ def batch_posterior(
     return RegressionPosterior(mean, factor, ok)
 
 
+def marginals_from_posterior(posterior: RegressionPosterior, features: tf.Tensor) -> PosteriorMarginals:
+    """Marginals from a factored D×D precision: O(D³ + B·D²)."""
+    factor = posterior.precision_factor
+    covariance_features = tf.transpose(tf.linalg.cholesky_solve(factor, tf.transpose(features)))
+    return PosteriorMarginals(
+        mean=posterior.mean,
+        covariance_diag=inverse_diagonal(factor),
+        covariance_features=covariance_features,
+        feature_variance=tf.reduce_sum(features * covariance_features, axis=-1),
+        ok=posterior.ok,
+    )
+
+
+def low_rank_marginals(
+    prior_covariance: tf.Tensor, prior_mean: tf.Tensor, features: tf.Tensor, targets: tf.Tensor
+) -> PosteriorMarginals:
+    """The same marginals as a rank-B update of the prior N(m_F, P) (Woodbury; no D×D factorization).
+
+    With A = H P [B, D] and K = I + A Hᵀ [B, B] (eigenvalues ≥ 1):
+      m = m_F + Aᵀ K⁻¹ (y − H m_F),   S hᵢ = (K⁻¹ A)ᵢ,   hᵢᵀ S hᵢ = 1 − (K⁻¹)ᵢᵢ,
+      diag(S) = diag(P) − Σᵢ Aᵢ ⊙ (K⁻¹ A)ᵢ.
+    Cost O(B·D² + B²·D + B³): the per-step choice when B < D, since the full-data prior covariance
+    P = Λ_F⁻¹ is computed once per epoch. `prior_mean` is m_F as [O, D].
+    """
+    batch = tf.shape(features)[0]
+    projected = tf.matmul(features, prior_covariance)  # A = H P
+    gram = tf.eye(batch, dtype=features.dtype) + tf.matmul(projected, features, transpose_b=True)  # K
+    factor, ok = safe_cholesky(gram)
+    solved = tf.linalg.cholesky_solve(factor, projected)  # K⁻¹ A = rows S hᵢ
+    residual = targets - tf.matmul(features, prior_mean, transpose_b=True)  # y − H m_F, [B, O]
+    mean = prior_mean + tf.transpose(tf.matmul(projected, tf.linalg.cholesky_solve(factor, residual), transpose_a=True))
+    gram_inverse_diag = inverse_diagonal(factor)
+    return PosteriorMarginals(
+        mean=mean,
+        covariance_diag=tf.linalg.diag_part(prior_covariance) - tf.reduce_sum(projected * solved, axis=0),
+        covariance_features=solved,
+        feature_variance=1.0 - gram_inverse_diag,
+        ok=ok,
+    )
+
+
 def gradient_moments(
-    posterior: RegressionPosterior, features: tf.Tensor, targets: tf.Tensor
+    marginals: PosteriorMarginals | RegressionPosterior, features: tf.Tensor, targets: tf.Tensor
 ) -> GradientMoments:
     """Exact diagonal moments of g = ∂(wᵀh - y)²/∂h = 2w(wᵀh - y) under w ~ N(m_o, S).
 
     Paper Eq. 4, diagonal only, in closed form: with μz = m_oᵀh - y, c = S h, v = hᵀS h,
       E[g]_j   = 2(μz m_j + c_j)
       Var[g]_j = 4(S_jj v + c_j² + m_j² v + μz² S_jj + 2 m_j μz c_j).
-    Cost O(D³ + B·D² + B·O·D); no B×D×D tensor is formed.
+    Cost O(B·O·D) given the marginals; no B×D×D tensor is formed.
     """
-    mean = posterior.mean  # [O, D]
-    factor = posterior.precision_factor
-    covariance_diag = inverse_diagonal(factor)  # [D]
-    cov_features = tf.transpose(tf.linalg.cholesky_solve(factor, tf.transpose(features)))  # [B, D]
-    quad = tf.reduce_sum(features * cov_features, axis=-1)  # [B]
+    if isinstance(marginals, RegressionPosterior):
+        marginals = marginals_from_posterior(marginals, features)
+    mean = marginals.mean  # [O, D]
     residual = tf.matmul(features, mean, transpose_b=True) - targets  # [B, O]
 
     m = mean[None, :, :]  # [1, O, D]
-    c = cov_features[:, None, :]  # [B, 1, D]
-    v = quad[:, None, None]  # [B, 1, 1]
+    c = marginals.covariance_features[:, None, :]  # [B, 1, D]
+    v = marginals.feature_variance[:, None, None]  # [B, 1, 1]
     r = residual[:, :, None]  # [B, O, 1]
-    s = covariance_diag[None, None, :]  # [1, 1, D]
+    s = marginals.covariance_diag[None, None, :]  # [1, 1, D]
     grad_mean = 2.0 * (r * m + c)
     grad_var = 4.0 * (s * v + tf.square(c) + tf.square(m) * v + tf.square(r) * s + 2.0 * m * r * c)
     return GradientMoments(grad_mean, grad_var)
