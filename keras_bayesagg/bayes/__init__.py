@@ -9,11 +9,12 @@ from keras_bayesagg.bayes.aggregation import (
     tempered_variance,
 )
 from keras_bayesagg.bayes.linalg import SafeCholesky, inverse_diagonal, inverse_from_cholesky, safe_cholesky
-from keras_bayesagg.bayes import regression
+from keras_bayesagg.bayes import classification, regression
 
 __all__ = [
     "InverseVarianceAggregate",
     "SafeCholesky",
+    "classification",
     "inverse_diagonal",
     "inverse_from_cholesky",
     "inverse_variance_aggregate",
