@@ -26,6 +26,8 @@ import tensorflow as tf
 
 from keras_bayesagg.tasks import Task
 
+SEED_STATE_PREFIX = "seed_generator_state_"
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskUnit:
@@ -156,6 +158,20 @@ class Aggregator(keras.layers.Layer):
     def record_task_weights(self, weights: tf.Tensor | None) -> None:
         if weights is not None:
             self.last_task_weights.assign(tf.cast(tf.reshape(weights, [-1]), tf.float32))
+
+    def save_own_variables(self, store: Any) -> None:
+        # Keras does not save SeedGenerator states; without them a reloaded model replays its draws.
+        super().save_own_variables(store)
+        for index, generator in enumerate(self._seed_generators):
+            store[f"{SEED_STATE_PREFIX}{index}"] = generator.state
+
+    def load_own_variables(self, store: Any) -> None:
+        keys = list(store.keys())
+        for index, generator in enumerate(self._seed_generators):
+            key = f"{SEED_STATE_PREFIX}{index}"
+            if key in keys:
+                generator.state.assign(store[key])
+        super().load_own_variables({key: store[key] for key in keys if not key.startswith(SEED_STATE_PREFIX)})
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{type(self).__name__} is an aggregator: pass it to model.compile(aggregator=...).")

@@ -9,9 +9,6 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs
 
-SEED_STATE_KEY = "seed_generator_state"
-
-
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
 class RandomLossWeighting(Aggregator):
     """RLW (Lin et al., "Reasonable Effectiveness of Random Weighting", TMLR 2022, Sec. 3).
@@ -35,17 +32,6 @@ class RandomLossWeighting(Aggregator):
         logits = keras.random.normal((self.layout.num_units,), seed=self.seed_generator, dtype="float32")
         weights = tf.nn.softmax(logits)
         return Aggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights)
-
-    def save_own_variables(self, store: Any) -> None:
-        # Keras does not save SeedGenerator states; without this a reloaded model replays its draws.
-        super().save_own_variables(store)
-        store[SEED_STATE_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store: Any) -> None:
-        keys = list(store.keys())
-        if SEED_STATE_KEY in keys:
-            self.seed_generator.state.assign(store[SEED_STATE_KEY])
-        super().load_own_variables({key: store[key] for key in keys if key != SEED_STATE_KEY})
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}
