@@ -112,3 +112,20 @@ def test_bayesagg_gradient_matches_bayes_math_in_a_step():
     elu_slope = np.where(pre_activation > 0, 1.0, np.exp(pre_activation))
     expected_kernel_gradient = x.T @ (representation_gradient * elu_slope)
     np.testing.assert_allclose(kernel_before - model.trunk.layers[0].kernel.numpy(), expected_kernel_gradient, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trunk_keeps_linear_algebra_in_float32(policy):
+    x, labels = _regression_data(num_samples=128)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = _regression_model()
+        aggregator = kb.BayesAgg(warmup_epochs=0)
+        model.compile(optimizer="adam", aggregator=aggregator)
+        history = model.fit(x, labels, batch_size=32, epochs=3, verbose=0).history
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.trunk.compute_dtype != "float32"
+    assert aggregator.regression_prior_precision.dtype == "float32"
+    assert model.heads["a"].kernel.dtype == "float32"
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
