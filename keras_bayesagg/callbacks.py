@@ -11,7 +11,8 @@ class FullDataPrior(keras.callbacks.Callback):
     """Refreshes BayesAgg's full-data prior once per epoch and reports factorization failures.
 
     `fit` adds it when the aggregator is a `BayesAgg`. In a custom loop call
-    `aggregator.begin_epoch()` before and `aggregator.end_epoch(model)` after each epoch.
+    `aggregator.begin_epoch()` before each epoch, `aggregator.end_batch()` after each step and
+    `aggregator.end_epoch(model)` after each epoch.
     """
 
     def __init__(self, aggregator: Any) -> None:
@@ -22,6 +23,7 @@ class FullDataPrior(keras.callbacks.Callback):
         self.aggregator.begin_epoch()
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.aggregator.end_batch()
         self.aggregator.raise_for_failure()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
