@@ -1,0 +1,81 @@
+"""Shared machinery of the gradient-based aggregators (MGDA, PCGrad, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL).
+
+Each of these methods turns the K task gradients into one update direction d = Σ_k w_k g_k,
+with weights w that depend only on the Gram matrix M = [⟨g_k, g_l⟩] (and, for PCGrad, a random
+task order). So a method only implements `combination_weights(gram)`; this base class
+computes the Gram matrix and the direction at the chosen level:
+
+- level="representation" (default): g_k is the gradient of L_k w.r.t. the batch of shared
+  representations, i.e. the per-sample gradients G[:, k, :] / B flattened to a B·D vector.
+  It comes for free from the linear heads (no extra backward pass) and the trunk then gets
+  d reshaped to [B, D] by one backward pass, as with linear scalarization.
+- level="parameters": g_k = ∂L_k/∂θ over the trunk's trainable variables θ, as in the
+  papers. Costs one backward pass through the trunk per task unit plus a [K, P] matrix.
+
+Heads always get the ordinary gradient of Σ_k L_k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs
+
+LEVELS = ("representation", "parameters")
+
+
+def representation_gram(task_gradients: tf.Tensor) -> tf.Tensor:
+    """M_kl = ⟨G[:, k]/B, G[:, l]/B⟩ over the flattened batch: [B, K, D] → [K, K]."""
+    batch = tf.cast(tf.shape(task_gradients)[0], task_gradients.dtype)
+    return tf.einsum("bkd,bld->kl", task_gradients, task_gradients) / tf.square(batch)
+
+
+def representation_direction(task_gradients: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Σ_k w_k G[:, k]/B: the combined representation gradient, [B, D]."""
+    batch = tf.cast(tf.shape(task_gradients)[0], task_gradients.dtype)
+    return tf.einsum("k,bkd->bd", tf.cast(weights, task_gradients.dtype), task_gradients) / batch
+
+
+class GradientCombination(Aggregator):
+    """Base class: a direction Σ_k w_k g_k with weights computed from the Gram matrix of the g_k."""
+
+    def __init__(self, level: str = "representation", name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        if level not in LEVELS:
+            raise ValueError(f"{type(self).__name__}: level must be one of {LEVELS}; got {level!r}.")
+        self.level = level
+        self.needs_task_gradients = level == "representation"
+        self.needs_parameter_gradients = level == "parameters"
+
+    def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
+        """w [K] (float32) from the Gram matrix M [K, K] of the task gradients."""
+        raise NotImplementedError
+
+    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+        objective = tf.reduce_sum(inputs.losses)
+        if self.level == "representation":
+            if inputs.task_gradients is None:
+                raise ValueError(f"{type(self).__name__}(level='representation') needs task_gradients.")
+            task_gradients = tf.stop_gradient(tf.cast(inputs.task_gradients, tf.float32))
+            weights = tf.cast(self.combination_weights(representation_gram(task_gradients)), tf.float32)
+            return Aggregation(
+                objective=objective,
+                representation_gradient=representation_direction(task_gradients, weights),
+                task_weights=weights,
+            )
+        if inputs.parameter_gradients is None:
+            raise ValueError(f"{type(self).__name__}(level='parameters') needs parameter_gradients.")
+        parameter_gradients = tf.stop_gradient(tf.cast(inputs.parameter_gradients, tf.float32))
+        weights = tf.cast(
+            self.combination_weights(tf.matmul(parameter_gradients, parameter_gradients, transpose_b=True)), tf.float32
+        )
+        return Aggregation(
+            objective=objective,
+            parameter_gradient=tf.linalg.matvec(parameter_gradients, weights, transpose_a=True),
+            task_weights=weights,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "level": self.level}

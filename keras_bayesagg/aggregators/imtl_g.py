@@ -1,0 +1,47 @@
+"""IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021), the gradient part."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_bayesagg.aggregators._gradient_methods import GradientCombination
+from keras_bayesagg.aggregators._solvers import trace_normalized
+
+
+def imtl_g_weights(gram: tf.Tensor, ridge: float = 1e-12) -> tf.Tensor:
+    """α with Σ_k α_k = 1 such that d = Σ_k α_k g_k has equal projections on every unit u_k = g_k/‖g_k‖.
+
+    The paper's closed form α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹ (D rows g_1 - g_k, U rows u_1 - u_k)
+    solves the K linear equations ⟨d, u_k⟩ = ⟨d, u_1⟩ (k ≥ 2), Σ α = 1. They are written here
+    with the Gram matrix and solved as a ridge-regularized least-squares problem pulled towards
+    uniform weights, which picks the average when the system is singular (identical gradients).
+    """
+    matrix = trace_normalized(gram)
+    size = tf.shape(matrix)[0]
+    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(matrix), 0.0))
+    # projections[k, l] = ⟨g_l, u_k⟩, so ⟨d, u_k⟩ = (projections @ α)_k
+    projections = matrix / tf.where(norms > 0, norms, tf.ones_like(norms))[:, None]
+    system = tf.concat([projections[1:] - projections[:1], tf.ones([1, size], matrix.dtype)], axis=0)
+    target = tf.one_hot(size - 1, size, dtype=matrix.dtype)
+    uniform = tf.fill([size], tf.constant(1.0, matrix.dtype) / tf.cast(size, matrix.dtype))
+    normal = tf.matmul(system, system, transpose_a=True) + ridge * tf.eye(size, dtype=matrix.dtype)
+    right = tf.linalg.matvec(system, target, transpose_a=True) + ridge * uniform
+    return tf.linalg.cholesky_solve(tf.linalg.cholesky(normal), right[:, None])[:, 0]
+
+
+@keras.saving.register_keras_serializable(package="keras_bayesagg")
+class IMTLG(GradientCombination):
+    """Impartial gradient: the combination whose projection on every task's direction is equal.
+
+    d = Σ_k α_k g_k with Σ_k α_k = 1 and ⟨d, u_1⟩ = … = ⟨d, u_K⟩, u_k = g_k/‖g_k‖ (paper
+    Eq. 6-7), so no task dominates the update through a larger gradient. α sums to 1: d is on
+    the scale of the average gradient. The paper computes it w.r.t. the shared features, the
+    default level here. `task_weights` are α. (IMTL-L, the loss-scaling part, is not included.)
+
+    Args:
+        level: "representation" (default) or "parameters" (see `_gradient_methods`).
+    """
+
+    def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
+        return imtl_g_weights(gram)

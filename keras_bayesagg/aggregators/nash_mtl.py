@@ -1,0 +1,74 @@
+"""Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_bayesagg.aggregators._gradient_methods import GradientCombination
+from keras_bayesagg.aggregators._solvers import nash_bargaining_weights
+from keras_bayesagg.aggregators.base import TaskLayout
+
+
+@keras.saving.register_keras_serializable(package="keras_bayesagg")
+class NashMTL(GradientCombination):
+    """The Nash bargaining solution of the tasks: d = Σ_k α_k g_k with Gᵀ G α = 1/α (paper Eq. 3).
+
+    d maximizes Σ_k log ⟨g_k, d⟩ in a ball, so every task gains: ⟨g_k, d⟩ = 1/α_k > 0, and
+    scaling one task's gradient by c scales its α_k by 1/c (scale invariance, Theorem 5.4).
+    The Gram matrix is normalized by its Frobenius norm as in the authors' code, so d is on
+    the scale of the gradients (with identical gradients it is their sum). The authors'
+    sequential convex solver (cvxpy) is replaced by damped Newton steps on the equivalent
+    convex problem (see `nash_bargaining_weights`); the authors' gradient-norm clipping (1.0)
+    is left to the optimizer (`clipnorm`). `task_weights` are α.
+
+    Args:
+        update_weights_every: recompute α every n steps and reuse the last α in between
+            (paper Section 5.4, the speed-up for many tasks); α lives in a Keras variable.
+        level: "representation" (default) or "parameters" (see `_gradient_methods`).
+        max_iterations: Newton budget (converges in a few steps in practice).
+    """
+
+    def __init__(
+        self,
+        update_weights_every: int = 1,
+        level: str = "representation",
+        max_iterations: int = 50,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(level=level, name=name, **kwargs)
+        if int(update_weights_every) != update_weights_every or update_weights_every < 1:
+            raise ValueError(f"NashMTL: update_weights_every must be a positive whole number; got {update_weights_every!r}.")
+        if int(max_iterations) != max_iterations or max_iterations < 1:
+            raise ValueError(f"NashMTL: max_iterations must be a positive whole number; got {max_iterations!r}.")
+        self.update_weights_every = int(update_weights_every)
+        self.max_iterations = int(max_iterations)
+
+    def build_state(self, layout: TaskLayout) -> None:
+        self.bargaining_weights = self.add_weight(
+            name="bargaining_weights", shape=(layout.num_units,), initializer="ones", trainable=False
+        )
+        self.step_counter = self.add_weight(name="step_counter", shape=(), dtype="int64", initializer="zeros", trainable=False)
+
+    def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
+        if self.update_weights_every == 1:
+            weights = tf.cast(nash_bargaining_weights(gram, self.max_iterations), tf.float32)
+        else:
+            weights = tf.cond(
+                tf.equal(self.step_counter % self.update_weights_every, 0),
+                lambda: tf.cast(nash_bargaining_weights(gram, self.max_iterations), tf.float32),
+                lambda: tf.convert_to_tensor(self.bargaining_weights),
+            )
+        self.bargaining_weights.assign(weights)
+        self.step_counter.assign_add(1)
+        return weights
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "update_weights_every": self.update_weights_every,
+            "max_iterations": self.max_iterations,
+        }
