@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bayesagg.bayes import classification, inverse_from_cholesky, inverse_variance_aggregate, regression
+from keras_bayesagg.bayes import classification, inverse_from_cholesky, inverse_variance_aggregate, regression, safe_cholesky
 
 MC_SAMPLES = 65_536
 
@@ -191,3 +191,18 @@ def test_same_seed_same_draws_and_float32_finite_for_saturated_logits():
     np.testing.assert_array_equal(first.mean, second.mean)
     assert not np.array_equal(first.mean.numpy(), other.mean.numpy())
     assert posterior.ok.numpy().all() and np.isfinite(first.mean.numpy()).all() and np.isfinite(first.variance.numpy()).all()
+
+
+def test_blocked_cholesky_matches_numpy_and_flags_indefinite_matrices():
+    """safe_cholesky factors matrices above the leaf size block by block: same factor as LAPACK,
+    and a failure in any block still shows as a failed flag."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(3, 150, 150))
+    spd = a @ a.transpose(0, 2, 1) / 150 + np.eye(150)
+    indefinite = spd[0] - 3.0 * np.outer(a[0, :, 0], a[0, :, 0])
+    factor, ok = safe_cholesky(tf.constant(spd, tf.float64))
+    np.testing.assert_allclose(factor, np.linalg.cholesky(spd), atol=1e-10)
+    assert ok.numpy().all()
+    assert np.linalg.eigvalsh(indefinite).min() < -1.0
+    _, ok = safe_cholesky(tf.constant(indefinite, tf.float64))
+    assert not bool(ok)

