@@ -36,6 +36,7 @@ from keras_bayesagg.tasks import BINARY, MULTICLASS, REGRESSION
 
 LINALG_DTYPES = ("float32", "float64")
 FULL_DATA_CHUNK_ROWS = 4096
+BINARY_GROUP = "<binary>"  # key of all binary outputs together; no task name can contain "<"
 
 
 def _batched_identity(scale: float):
@@ -184,16 +185,16 @@ class BayesAgg(Aggregator):
 
         # Head weights are read here, outside the cond and without gradient: the branch must not
         # touch variables the train step's tape watches, or (under XLA) TF differentiates it.
-        weights = self._classification_weights(inputs.heads)
+        head_weights = self._classification_weights(inputs.heads)
 
         def bayesian() -> tuple[tf.Tensor, tf.Tensor]:
-            return self._bayesian_gradient(inputs, seeds, weights)
+            return self._bayesian_gradient(inputs, seeds, head_weights)
 
         gradient, weights = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
         return Aggregation(tf.reduce_sum(inputs.losses), gradient, weights)
 
     def _sampled_groups(self) -> list[str]:
-        return (["binary"] if self.binary_tasks else []) + list(self.multiclass_tasks)
+        return ([BINARY_GROUP] if self.binary_tasks else []) + list(self.multiclass_tasks)
 
     def _regression_targets(self, inputs: AggregatorInputs) -> tf.Tensor:
         return tf.cast(tf.concat([inputs.labels[name] for name in self.regression_tasks], axis=1), self.linalg_dtype)
@@ -217,10 +218,11 @@ class BayesAgg(Aggregator):
         self.buffered_rows.assign_add(rows)
 
     def _classification_weights(self, heads: dict[str, Any]) -> dict[str, tf.Tensor]:
-        """Current head weights W, without gradient: "binary" [O, D+1] and per multiclass head [1, C(D+1)]."""
+        """Current head weights W, without gradient: all binary outputs [O, D+1] under BINARY_GROUP,
+        each multiclass head [1, C(D+1)] under its name."""
         weights = {name: self._multiclass_weights(heads[name]) for name in self.multiclass_tasks}
         if self.binary_tasks:
-            weights["binary"] = self._binary_weights(heads)
+            weights[BINARY_GROUP] = self._binary_weights(heads)
         return weights
 
     def _binary_weights(self, heads: dict[str, Any]) -> tf.Tensor:
@@ -257,14 +259,14 @@ class BayesAgg(Aggregator):
 
         if self.binary_tasks:
             labels = tf.cast(tf.concat([inputs.labels[name] for name in self.binary_tasks], axis=1), self.linalg_dtype)
-            weights = head_weights["binary"]
+            weights = head_weights[BINARY_GROUP]
             posterior = classification.newton_posterior(
                 classification.binary_curvature(features, labels, weights),
                 weights,
                 tf.convert_to_tensor(self.binary_prior_precision),
                 tf.convert_to_tensor(self.binary_prior_mean),
             )
-            binary_moments = classification.binary_gradient_moments(posterior, features, labels, self.num_samples, seeds["binary"])
+            binary_moments = classification.binary_gradient_moments(posterior, features, labels, self.num_samples, seeds[BINARY_GROUP])
             self._split_by_task(binary_moments, self.binary_tasks, posterior.ok, moments, task_ok)
 
         for name in self.multiclass_tasks:
