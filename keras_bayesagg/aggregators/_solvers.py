@@ -8,9 +8,13 @@ iteration budgets inside `tf.while_loop` (with early stopping), so they compile 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import tensorflow as tf
 
 SOLVER_DTYPE = tf.float64
+# Maps points [N, K] to objective values [N] and gradients [N, K].
+BatchedObjective = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 def trace_normalized(gram: tf.Tensor) -> tf.Tensor:
@@ -45,7 +49,9 @@ def min_norm_weights(gram: tf.Tensor, max_iterations: int = 500, tolerance: floa
     step_size = 1.0 / tf.maximum(tf.linalg.eigvalsh(matrix)[-1], 1e-300)
     weights = tf.fill([size], tf.constant(1.0, SOLVER_DTYPE) / tf.cast(size, SOLVER_DTYPE))
 
-    def body(i, w, extrapolated, momentum, gap):
+    def body(
+        i: tf.Tensor, w: tf.Tensor, extrapolated: tf.Tensor, momentum: tf.Tensor, gap: tf.Tensor
+    ) -> tuple[tf.Tensor, ...]:
         new_w = project_onto_simplex(extrapolated - step_size * tf.linalg.matvec(matrix, extrapolated))
         new_momentum = (1.0 + tf.sqrt(1.0 + 4.0 * momentum * momentum)) / 2.0
         extrapolated = new_w + ((momentum - 1.0) / new_momentum) * (new_w - w)
@@ -63,7 +69,7 @@ def min_norm_weights(gram: tf.Tensor, max_iterations: int = 500, tolerance: floa
 
 
 def frank_wolfe_simplex(
-    objective_and_gradient,
+    objective_and_gradient: BatchedObjective,
     size: tf.Tensor,
     max_iterations: int,
     tolerance: float,
