@@ -12,7 +12,9 @@ Keras variable (`feature_buffer_rows` rows, an in-place scatter on the step's pa
 moves full buffers to host memory, and at the end of the epoch the exact posterior is computed
 over all N rows (in chunks) and factored once. Memory: N·(D + label columns) float32 values on
 the host plus `feature_buffer_rows`·(D + label columns) in the variable; e.g. UTKFace
-(N ≈ 20,000, D = 512) about 41 MB, ChestX-ray14 (N ≈ 78,000, D = 512) about 160 MB.
+(N ≈ 20,000, D = 512) about 41 MB, ChestX-ray14 (N ≈ 78,000, D = 512) about 160 MB. The
+refresh costs O(N·C²·D²) per multiclass head and O(N·O·D²) per binary set once per epoch (a few
+seconds at those sizes on 2 cores), in chunks of 4096 rows so no N×C(D+1) matrix is formed.
 """
 
 from __future__ import annotations
