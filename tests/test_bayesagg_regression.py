@@ -42,6 +42,9 @@ def test_refresh_sets_heads_to_full_data_posterior_mean_of_that_epoch():
     np.testing.assert_allclose(model.heads["a"].posterior_kernel.numpy(), expected[:, :2], rtol=2e-3, atol=1e-4)
     np.testing.assert_allclose(model.heads["b"].posterior_kernel.numpy(), expected[:, 2:], rtol=2e-3, atol=1e-4)
     np.testing.assert_allclose(aggregator.regression_prior_precision.numpy(), precision, rtol=1e-4)
+    covariance = np.linalg.inv(precision)
+    np.testing.assert_allclose(aggregator.regression_prior_covariance.numpy(), covariance, atol=1e-4 * np.abs(covariance).max())
+    np.testing.assert_allclose(aggregator.regression_prior_mean.numpy(), expected.T, rtol=2e-3, atol=1e-4)
     # Prediction rule: hᵀ m_F, no bias.
     predicted = model.predict(x[:8], verbose=0)
     np.testing.assert_allclose(predicted["a"], features[:8] @ expected[:, :2], rtol=2e-3, atol=2e-3)
@@ -88,9 +91,10 @@ def test_fit_losses_finite_and_falling(aggregator, jit_compile):
     assert all(np.all(np.isfinite(w)) for w in weights)
 
 
-def test_bayesagg_gradient_matches_bayes_math_in_a_step():
+@pytest.mark.parametrize("batch_size", [8, 32])  # B < D: rank-B update of the prior; B ≥ D: D×D factorization
+def test_bayesagg_gradient_matches_bayes_math_in_a_step(batch_size):
     """One train step's trunk gradient equals the inverse-variance aggregate computed by hand."""
-    x, labels = _regression_data(num_samples=32)
+    x, labels = _regression_data(num_samples=batch_size)
     model = _regression_model()
     aggregator = kb.BayesAgg(warmup_epochs=0, regression_power=0.5)
     model.compile(optimizer=keras.optimizers.SGD(1.0), aggregator=aggregator)
@@ -106,7 +110,7 @@ def test_bayesagg_gradient_matches_bayes_math_in_a_step():
     )
     moments = kb.bayes.regression.gradient_moments(posterior, tf.constant(features), tf.constant(targets))
     combined = kb.bayes.inverse_variance_aggregate(moments.mean, moments.variance, tf.constant([0.5, 0.5, 0.5]))
-    representation_gradient = combined.gradient.numpy() / 32
+    representation_gradient = combined.gradient.numpy() / batch_size
     # Dense + ELU trunk: ∂L/∂K = xᵀ (g ⊙ elu'(z)).
     pre_activation = x @ kernel_before + model.trunk.layers[0].bias.numpy() * 0  # bias starts at zero
     elu_slope = np.where(pre_activation > 0, 1.0, np.exp(pre_activation))

@@ -136,7 +136,10 @@ class BayesAgg(Aggregator):
             self.regression_prior_precision = self._state(
                 "regression_prior_precision", (dim, dim), keras.initializers.Identity(1.0 / self.prior_variance)
             )
-            self.regression_prior_shift = self._state("regression_prior_shift", (dim, num_regression))
+            self.regression_prior_covariance = self._state(
+                "regression_prior_covariance", (dim, dim), keras.initializers.Identity(self.prior_variance)
+            )
+            self.regression_prior_mean = self._state("regression_prior_mean", (num_regression, dim))
         isotropic = _batched_identity(1.0 / self.prior_variance)
         if num_binary:
             self.binary_prior_precision = self._state("binary_prior_precision", (num_binary, width, width), isotropic)
@@ -256,8 +259,10 @@ class BayesAgg(Aggregator):
 
         if self.has_regression:
             targets = self._regression_targets(inputs)
-            posterior = regression.batch_posterior(self.regression_prior_precision, self.regression_prior_shift, features, targets)
-            self._split_by_task(regression.gradient_moments(posterior, features, targets), self.regression_tasks, posterior.ok, moments, task_ok)
+            marginals = self._regression_marginals(features, targets)
+            self._split_by_task(
+                regression.gradient_moments(marginals, features, targets), self.regression_tasks, marginals.ok, moments, task_ok
+            )
 
         if self.binary_tasks:
             labels = tf.cast(tf.concat([inputs.labels[name] for name in self.binary_tasks], axis=1), self.linalg_dtype)
@@ -302,6 +307,21 @@ class BayesAgg(Aggregator):
         gradient = tf.where(usable, gradient, sum_of_losses_gradient(inputs))
         weights = tf.where(usable, tf.reduce_mean(combined.weights, axis=[0, 2]), tf.ones_like(inputs.losses))
         return gradient, weights
+
+    def _regression_marginals(self, features: tf.Tensor, targets: tf.Tensor) -> regression.PosteriorMarginals:
+        """Batch posterior marginals: a rank-B update of the full-data prior when B < D, else a D×D factorization."""
+        prior_mean = tf.convert_to_tensor(self.regression_prior_mean)
+
+        def low_rank() -> regression.PosteriorMarginals:
+            return regression.low_rank_marginals(tf.convert_to_tensor(self.regression_prior_covariance), prior_mean, features, targets)
+
+        def full_rank() -> regression.PosteriorMarginals:
+            precision = tf.convert_to_tensor(self.regression_prior_precision)
+            shift = tf.matmul(precision, prior_mean, transpose_b=True)
+            posterior = regression.batch_posterior(precision, shift, features, targets)
+            return regression.marginals_from_posterior(posterior, features)
+
+        return tf.cond(tf.shape(features)[0] < self.layout.representation_dim, low_rank, full_rank)
 
     def _split_by_task(
         self,
@@ -393,7 +413,8 @@ class BayesAgg(Aggregator):
                     "factored even with jitter; the trunk's representation has non-finite or huge values."
                 )
             self.regression_prior_precision.assign(precision)
-            self.regression_prior_shift.assign(tf.convert_to_tensor(self.regression_target_sum))
+            self.regression_prior_covariance.assign(regression.covariance_from_precision(precision))
+            self.regression_prior_mean.assign(mean)
             if int(self.completed_epochs.numpy()) + 1 >= self.warmup_epochs:
                 start = 0
                 for name in self.regression_tasks:

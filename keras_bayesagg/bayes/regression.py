@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_bayesagg.bayes.linalg import inverse_diagonal, safe_cholesky
+from keras_bayesagg.bayes.linalg import inverse_diagonal, inverse_from_cholesky, safe_cholesky
 
 
 class RegressionPosterior(NamedTuple):
@@ -54,6 +54,13 @@ def full_data_posterior(
     factor, ok = safe_cholesky(precision)
     mean = tf.transpose(tf.linalg.cholesky_solve(factor, feature_target))
     return precision, mean, ok
+
+
+def covariance_from_precision(precision: tf.Tensor) -> tf.Tensor:
+    """Λ⁻¹ of a symmetric positive-definite precision, symmetrized (once per epoch, not per step)."""
+    factor, _ = safe_cholesky(precision)
+    covariance = inverse_from_cholesky(factor)
+    return 0.5 * (covariance + tf.transpose(covariance))
 
 
 def batch_posterior(
