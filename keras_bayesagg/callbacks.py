@@ -7,12 +7,12 @@ from typing import Any
 import keras
 
 
-class FullDataPrior(keras.callbacks.Callback):
-    """Refreshes BayesAgg's full-data prior once per epoch and reports factorization failures.
+class AggregatorHooks(keras.callbacks.Callback):
+    """Runs the aggregator's hooks around training: `begin_epoch`, `end_batch`, `end_epoch(model)`.
 
-    `fit` adds it when the aggregator is a `BayesAgg`. In a custom loop call
-    `aggregator.begin_epoch()` before each epoch, `aggregator.end_batch()` after each step and
-    `aggregator.end_epoch(model)` after each epoch.
+    `MultiTaskModel.fit` adds it by itself. For BayesAgg this is what refreshes the full-data
+    prior once per epoch and reports a failed factorization right after the step; for
+    DynamicWeightAverage it rolls the epoch loss averages over.
     """
 
     def __init__(self, aggregator: Any) -> None:
@@ -24,7 +24,6 @@ class FullDataPrior(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.aggregator.end_batch()
-        self.aggregator.raise_for_failure()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self.aggregator.end_epoch(self.model)

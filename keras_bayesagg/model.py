@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs, TaskLayout
 from keras_bayesagg.aggregators.linear_scalarization import LinearScalarization
+from keras_bayesagg.callbacks import AggregatorHooks
 from keras_bayesagg.tasks import BINARY, MULTICLASS, LinearHead, Task, deserialize_task, serialize_task
 
 _COMPILE_ARGUMENTS = (
@@ -375,7 +376,7 @@ class MultiTaskModel(keras.Model):
     def _with_builtin_callbacks(self, callbacks: Any, training: bool) -> Any:
         builtin: list[keras.callbacks.Callback] = [_LabelGuard()]
         if training and self.aggregator is not None:
-            builtin = self.aggregator.callbacks() + builtin
+            builtin = [AggregatorHooks(self.aggregator)] + self.aggregator.callbacks() + builtin
         if callbacks is None:
             return builtin
         if isinstance(callbacks, keras.callbacks.CallbackList):

@@ -151,8 +151,19 @@ class Aggregator(keras.layers.Layer):
     def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
         raise NotImplementedError
 
+    # Hooks around training. `fit` calls them through `kb.callbacks.AggregatorHooks`; a custom
+    # training loop calls them itself.
+    def begin_epoch(self) -> None:
+        """Before each training epoch."""
+
+    def end_batch(self) -> None:
+        """After each train step (each `steps_per_execution` call); may raise to stop training."""
+
+    def end_epoch(self, model: Any = None) -> None:
+        """After each training epoch, with the model (e.g. to refresh priors from its heads)."""
+
     def callbacks(self) -> list[keras.callbacks.Callback]:
-        """Callbacks `MultiTaskModel.fit` adds by itself (e.g. once-per-epoch refreshes)."""
+        """Extra callbacks `MultiTaskModel.fit` adds by itself, beyond `AggregatorHooks`."""
         return []
 
     def record_task_weights(self, weights: tf.Tensor | None) -> None:

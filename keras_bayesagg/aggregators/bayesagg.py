@@ -3,7 +3,8 @@
 Each linear head gets a posterior; it induces a Gaussian over every task's per-sample gradient
 w.r.t. h (paper Eq. 4 for regression, Monte Carlo for classification); the task gradients are
 combined per sample and per dimension with weights ∝ 1/σ²^s (paper Eq. 9). The posterior's
-prior is the full-data posterior of the previous epoch, refreshed by `FullDataPrior`.
+prior is the full-data posterior of the previous epoch, refreshed in `end_epoch` (called by the
+`AggregatorHooks` callback that `fit` adds).
 
 Classification full-data prior and memory: the GGN of the full-data posterior depends on the
 head weights at the end of the epoch, so it cannot be accumulated step by step at the weights of
@@ -355,9 +356,13 @@ class BayesAgg(Aggregator):
     def end_batch(self) -> None:
         """Move the staging buffer to host memory when the next write might not fit.
 
-        Called after every train batch by `FullDataPrior`; one scalar read when nothing moves.
+        Called after every train step by `AggregatorHooks`; a scalar read or two when nothing moves.
+        Also raises the error of a step whose posterior could not be factored.
         """
-        if not (self.built and self.has_classification):
+        if not self.built:
+            return
+        self.raise_for_failure()
+        if not self.has_classification:
             return
         rows = int(self.buffered_rows.numpy())
         if rows > self.feature_buffer_rows:
@@ -486,11 +491,6 @@ class BayesAgg(Aggregator):
             f"BayesAgg: {what} (non-finite or huge representations or head weights); that step used linear "
             "scalarization. Check the trunk's outputs or lower the learning rate."
         )
-
-    def callbacks(self) -> list[keras.callbacks.Callback]:
-        from keras_bayesagg.callbacks import FullDataPrior
-
-        return [FullDataPrior(self)]
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -18,9 +18,9 @@ class DynamicWeightAverage(Aggregator):
     where L̄_k(e) is task unit k's loss averaged over the steps of epoch e; the objective is
     Σ_k λ_k L_k. Epochs 0 and 1 have no two past averages and use λ_k = 1 (plain sum).
 
-    The averages live in Keras variables: each step adds its losses, and the `EpochRollover`
-    callback (which `fit` adds by itself, see `callbacks()`) turns the sums into averages at the
-    end of each epoch. In a custom loop call `begin_epoch()` before and `end_epoch()` after
+    The averages live in Keras variables: each step adds its losses, and `end_epoch()` (called
+    by the `AggregatorHooks` callback that `fit` adds by itself) turns the sums into averages at
+    the end of each epoch. In a custom loop call `begin_epoch()` before and `end_epoch()` after
     each epoch.
 
     Args:
@@ -64,7 +64,7 @@ class DynamicWeightAverage(Aggregator):
         self.epoch_loss_sum.assign(tf.zeros_like(self.epoch_loss_sum))
         self.epoch_steps.assign(0.0)
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, model: Any = None) -> None:
         """Make this epoch's average loss the last one and start a new sum (an epoch without steps is skipped)."""
         steps = float(self.epoch_steps.numpy())
         if steps == 0:
@@ -75,22 +75,5 @@ class DynamicWeightAverage(Aggregator):
         self.epoch_steps.assign(0.0)
         self.completed_epochs.assign_add(1)
 
-    def callbacks(self) -> list[keras.callbacks.Callback]:
-        return [EpochRollover(self)]
-
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "temperature": self.temperature}
-
-
-class EpochRollover(keras.callbacks.Callback):
-    """Calls `DynamicWeightAverage.begin_epoch()` / `end_epoch()` around every training epoch."""
-
-    def __init__(self, aggregator: DynamicWeightAverage) -> None:
-        super().__init__()
-        self.aggregator = aggregator
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self.aggregator.begin_epoch()
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        self.aggregator.end_epoch()
