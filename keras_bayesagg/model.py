@@ -98,8 +98,7 @@ class MultiTaskModel(keras.Model):
                 head.build((None, self.representation_dim))
         self.built = True
         if self.aggregator is not None:
-            self.aggregator.build_for(self.task_layout)
-            self._build_optimizer()
+            self._build_aggregator_and_optimizer()
 
     def _representation(self, inputs: Any, training: bool | None) -> tf.Tensor:
         h = self.trunk(inputs, training=training)
@@ -190,7 +189,12 @@ class MultiTaskModel(keras.Model):
         """
         object.__setattr__(self, "_aggregator", aggregator)
         if self.representation_dim is not None:
-            aggregator.build_for(self.task_layout)
+            self._build_aggregator_and_optimizer()
+
+    def _build_aggregator_and_optimizer(self) -> None:
+        """Create the aggregator's state and the optimizer's slots (under the model's tf.distribute strategy)."""
+        with self.distribute_strategy.scope():
+            self.aggregator.build_for(self.task_layout)
             self._build_optimizer()
 
     def _optimizer_variables(self) -> list[Any]:
@@ -213,7 +217,8 @@ class MultiTaskModel(keras.Model):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
-            self._build_optimizer()
+            with self.distribute_strategy.scope():
+                self._build_optimizer()
 
     # ------------------------------------------------------------------ labels
     def _prepare_labels(self, y: Any) -> dict[str, tf.Tensor]:
@@ -279,7 +284,8 @@ class MultiTaskModel(keras.Model):
 
     def _build_symbolically(self, specs: Any) -> None:
         """Build by one symbolic call, so Keras records the input signature `export` needs."""
-        self(_map_specs(specs))
+        with self.distribute_strategy.scope():
+            self(_map_specs(specs))
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -318,7 +324,10 @@ class MultiTaskModel(keras.Model):
             )
             regularization = tf.add_n([tf.cast(l, tf.float32) for l in self.losses]) if self.losses else None
             objective = aggregation.objective if regularization is None else aggregation.objective + regularization
-            loss_scale = self.optimizer.scale_loss(tf.constant(1.0)) if self.optimizer is not None else 1.0
+            # Loss scaling of mixed precision, and 1/replicas as Keras does under tf.distribute
+            # (replica gradients are summed).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss_scale = self.optimizer.scale_loss(tf.constant(1.0 / replicas))
             scaled_objective = objective * loss_scale
 
         if aggregation.parameter_gradient is not None:
@@ -343,11 +352,18 @@ class MultiTaskModel(keras.Model):
         del tape
 
         # A step with labels that do not fit their task makes no update (the callback then raises).
-        def apply() -> tf.Tensor:
+        if tf.distribute.has_strategy():
+            # TF cannot put the optimizer's cross-replica sync inside a cond: the step is made with
+            # zero gradients instead (momentum may still move the weights a little).
+            gradients = [None if g is None else tf.where(labels_ok, g, tf.zeros_like(g)) for g in gradients]
             self.optimizer.apply_gradients(zip(gradients, variables))
-            return tf.constant(True)
+        else:
 
-        tf.cond(labels_ok, apply, lambda: tf.constant(False))
+            def apply() -> tf.Tensor:
+                self.optimizer.apply_gradients(zip(gradients, variables))
+                return tf.constant(True)
+
+            tf.cond(labels_ok, apply, lambda: tf.constant(False))
         aggregator.record_task_weights(aggregation.task_weights)
 
         batch_size = tf.shape(h)[0]

@@ -114,6 +114,13 @@ class BayesAgg(Aggregator):
 
     # ------------------------------------------------------------------ state
     def build_state(self, layout: TaskLayout) -> None:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            raise ValueError(
+                f"BayesAgg does not support tf.distribute with more than one replica yet (got {replicas}): its "
+                "full-data statistics and feature buffer are per-process state. Train on one device, or use "
+                "another aggregator under this strategy."
+            )
         dim = layout.representation_dim
         width = dim + 1
         by_kind = lambda kind: [name for name, task in layout.tasks.items() if task.kind == kind]  # noqa: E731
