@@ -37,10 +37,12 @@ import tensorflow as tf  # noqa: E402
 
 import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg import aggregators  # noqa: E402
+from step_time import make_batch, make_trunk, parse_tasks  # noqa: E402  (same folder)
 
 BATCH = 128
 INPUT_SHAPE = (32, 32, 3)
 REPRESENTATION_DIM = 128
+TASKS = "reg:1,mc:2,mc:5"  # UTKFace heads: age, gender, ethnicity
 # Defaults that would not time the method itself.
 CONSTRUCTOR_OVERRIDES: dict[str, dict[str, Any]] = {"BayesAgg": {"warmup_epochs": 0}}
 # Extra rows: the per-task trunk-gradient variants of the gradient methods.
@@ -74,30 +76,12 @@ def discover_rows() -> list[Row]:
 
 def make_model() -> kb.MultiTaskModel:
     keras.utils.set_random_seed(0)
-    trunk = keras.Sequential(
-        [
-            keras.Input(INPUT_SHAPE),
-            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(REPRESENTATION_DIM, activation="elu"),
-        ]
-    )
-    tasks = {"age": kb.tasks.Regression(1), "gender": kb.tasks.Multiclass(2), "ethnicity": kb.tasks.Multiclass(5)}
-    return kb.MultiTaskModel(trunk, tasks)
+    trunk, _ = make_trunk("conv", REPRESENTATION_DIM)
+    return kb.MultiTaskModel(trunk, parse_tasks(TASKS))
 
 
 def workload() -> tf.data.Dataset:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(BATCH, *INPUT_SHAPE)).astype("float32")
-    labels = {
-        "age": rng.normal(size=(BATCH, 1)).astype("float32"),
-        "gender": rng.integers(0, 2, size=BATCH).astype("int32"),
-        "ethnicity": rng.integers(0, 5, size=BATCH).astype("int32"),
-    }
+    x, labels = make_batch(parse_tasks(TASKS), BATCH, INPUT_SHAPE)
     return tf.data.Dataset.from_tensors((x, labels)).repeat()
 
 

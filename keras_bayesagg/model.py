@@ -287,12 +287,16 @@ class MultiTaskModel(keras.Model):
         with self.distribute_strategy.scope():
             self(_map_specs(specs))
 
-    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+    def _unpack_batch(self, data: Any) -> tuple[Any, dict[str, tf.Tensor]]:
+        """(x, canonical labels) of a batch, building the model on first use."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._ensure_built(x)
         if sample_weight is not None:
             raise ValueError("MultiTaskModel does not support sample_weight / class_weight yet; weigh tasks with an aggregator.")
-        labels = self._prepare_labels(y)
+        return x, self._prepare_labels(y)
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        x, labels = self._unpack_batch(data)
         labels_ok = self._flag_invalid_labels(labels)
         aggregator = self.aggregator
         trunk_variables = list(self.trunk.trainable_variables)
@@ -375,11 +379,7 @@ class MultiTaskModel(keras.Model):
         return {name: task.predictions(logits[name]) for name, task in self.task_specs.items()}
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        self._ensure_built(x)
-        if sample_weight is not None:
-            raise ValueError("MultiTaskModel does not support sample_weight yet.")
-        labels = self._prepare_labels(y)
+        x, labels = self._unpack_batch(data)
         self._flag_invalid_labels(labels)
         h = self._representation(x, training=False)
         logits = self._logits(tf.cast(h, tf.float32))
