@@ -60,6 +60,8 @@ def test_warmup_trains_heads_then_switches_to_posterior():
     model.fit(ds, epochs=1, verbose=0)
     assert int(aggregator.completed_epochs.numpy()) == 1
     assert float(model.heads["a"].use_posterior.numpy()) == 0.0  # still warming up: heads learned
+    # Nothing uses the prior of an early warm-up epoch, so it is not computed.
+    np.testing.assert_allclose(aggregator.regression_prior_precision.numpy(), np.eye(16) / aggregator.prior_variance)
     model.fit(ds, epochs=1, verbose=0)
     assert float(model.heads["a"].use_posterior.numpy()) == 1.0  # the last warm-up epoch set the prior
     posterior_before = model.heads["a"].posterior_kernel.numpy().copy()

@@ -412,7 +412,14 @@ class BayesAgg(Aggregator):
         Once BayesAgg is active (from the last warm-up epoch on), regression heads switch to the
         full-data posterior mean m_F (no bias): the paper's prediction rule. Classification
         priors are the Newton posterior over all of the epoch's (h, y) at the heads' current weights.
+        Earlier warm-up epochs skip the refresh: nothing uses their prior.
         """
+        prior_needed = int(self.completed_epochs.numpy()) + 1 >= self.warmup_epochs
+        if not prior_needed:
+            if self.has_classification:
+                self._epoch_rows()  # empty the buffer and the host rows
+            self.completed_epochs.assign_add(1)
+            return
         if self.has_regression:
             precision, mean, ok = regression.full_data_posterior(
                 tf.convert_to_tensor(self.regression_gram_sum),
@@ -427,12 +434,11 @@ class BayesAgg(Aggregator):
             self.regression_prior_precision.assign(precision)
             self.regression_prior_covariance.assign(regression.covariance_from_precision(precision))
             self.regression_prior_mean.assign(mean)
-            if int(self.completed_epochs.numpy()) + 1 >= self.warmup_epochs:
-                start = 0
-                for name in self.regression_tasks:
-                    units = self.layout.tasks[name].units
-                    model.heads[name].set_posterior_kernel(tf.transpose(mean[start : start + units]))
-                    start += units
+            start = 0
+            for name in self.regression_tasks:
+                units = self.layout.tasks[name].units
+                model.heads[name].set_posterior_kernel(tf.transpose(mean[start : start + units]))
+                start += units
         if self.has_classification:
             features, labels = self._epoch_rows()
             if len(features):
