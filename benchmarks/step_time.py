@@ -47,6 +47,7 @@ PRESETS: dict[str, Preset] = {
     "cifar-mtl-heads": Preset(128, 64, "bin:20", authors_seconds=1.0),
     "chestxray-14": Preset(256, 512, "bin:14"),
     "chestxray-1": Preset(256, 512, "bin:1"),
+    "cifar-mtl-conv": Preset(128, 64, "bin:20", trunk="conv", xla=False),
     "utkface-conv": Preset(128, 256, "reg:1,mc:2,mc:5", trunk="conv", xla=False),
 }
 
