@@ -220,3 +220,21 @@ def test_bad_task_definitions():
         kb.BayesAgg(prior_variance=0.0)
     with pytest.raises(ValueError, match=r"regression_power must be in \(0, 1\]"):
         kb.BayesAgg(regression_power=2.0)
+
+
+def test_keras_round_trip_of_a_mixed_bayesagg_model(tmp_path):
+    model = make_mixed_model()
+    aggregator = kb.BayesAgg(warmup_epochs=1, num_samples=32, seed=1)
+    model.compile(optimizer="adam", aggregator=aggregator, metrics={"kind": ["accuracy"]})
+    model.fit(mixed_dataset(), epochs=2, verbose=0)
+    assert not any("buffer" in v.path for v in aggregator.weights)  # staging area, not state
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    x, _ = mixed_task_data(num_samples=16)
+    for key, value in model.predict(x, verbose=0).items():
+        np.testing.assert_allclose(restored.predict(x, verbose=0)[key], value, rtol=1e-6)
+    for saved, loaded in zip(aggregator.weights, restored.aggregator.weights):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    history = restored.fit(mixed_dataset(), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and int(restored.aggregator.completed_epochs.numpy()) == 3

@@ -160,15 +160,14 @@ class BayesAgg(Aggregator):
             self.multiclass_prior_means[name] = self._state(f"{name}_prior_mean", (1, size))
         if self.has_classification:
             label_columns = num_binary + sum(layout.tasks[name].units for name in self.multiclass_tasks)
-            self.feature_buffer = self.add_weight(
-                name="feature_buffer", shape=(self.feature_buffer_rows, dim), initializer="zeros", trainable=False
-            )
-            self.label_buffer = self.add_weight(
-                name="label_buffer", shape=(self.feature_buffer_rows, label_columns), initializer="zeros", trainable=False
-            )
-            self.buffered_rows = self.add_weight(
-                name="buffered_rows", shape=(), dtype="int32", initializer="zeros", trainable=False
-            )
+            # A transient staging area, not state: kept out of `weights` so `.keras` files and
+            # checkpoints do not carry feature_buffer_rows x D floats.
+            self._untracked("feature_buffer", np.zeros((self.feature_buffer_rows, dim), np.float32))
+            self._untracked("label_buffer", np.zeros((self.feature_buffer_rows, label_columns), np.float32))
+            self._untracked("buffered_rows", np.zeros((), np.int32))
+
+    def _untracked(self, name: str, initial: np.ndarray) -> None:
+        object.__setattr__(self, name, keras.Variable(initial, dtype=initial.dtype.name, trainable=False, name=name))
 
     def _state(self, name: str, shape: tuple[int, ...], initializer: Any = "zeros") -> keras.Variable:
         return self.add_weight(name=name, shape=shape, dtype=self.linalg_dtype, initializer=initializer, trainable=False)
