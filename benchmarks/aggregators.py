@@ -37,7 +37,8 @@ import tensorflow as tf  # noqa: E402
 
 import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg import aggregators  # noqa: E402
-from step_time import make_batch, make_trunk, parse_tasks  # noqa: E402  (same folder)
+from keras_bayesagg.data import random_task_batch  # noqa: E402
+from step_time import make_trunk, parse_tasks  # noqa: E402  (same folder)
 
 BATCH = 128
 INPUT_SHAPE = (32, 32, 3)
@@ -81,7 +82,7 @@ def make_model() -> kb.MultiTaskModel:
 
 
 def workload() -> tf.data.Dataset:
-    x, labels = make_batch(parse_tasks(TASKS), BATCH, INPUT_SHAPE)
+    x, labels = random_task_batch(parse_tasks(TASKS), BATCH, INPUT_SHAPE)
     return tf.data.Dataset.from_tensors((x, labels)).repeat()
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg.bayes import regression  # noqa: E402
+from keras_bayesagg.data import random_task_batch  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,6 @@ def parse_tasks(spec: str) -> dict[str, kb.tasks.Task]:
     return tasks
 
 
-def make_batch(tasks: dict[str, kb.tasks.Task], batch: int, input_shape: tuple[int, ...], seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch, *input_shape)).astype("float32")
-    labels = {}
-    for name, task in tasks.items():
-        if task.kind == "regression":
-            labels[name] = rng.normal(size=(batch, task.units)).astype("float32")
-        elif task.kind == "binary":
-            labels[name] = (rng.random((batch, task.units)) < 0.5).astype("float32")
-        else:
-            labels[name] = rng.integers(0, task.units, size=batch).astype("int32")
-    return x, labels
-
-
 def make_trunk(kind: str, dim: int) -> tuple[keras.Model, tuple[int, ...]]:
     if kind == "conv":
         shape = (32, 32, 3)
@@ -101,7 +88,7 @@ def time_train_steps(aggregator: kb.aggregators.Aggregator, preset: Preset, step
     trunk, input_shape = make_trunk(preset.trunk, preset.dim)
     model = kb.MultiTaskModel(trunk, tasks)
     model.compile(optimizer="adam", aggregator=aggregator, jit_compile=jit_compile)
-    x, labels = make_batch(tasks, preset.batch, input_shape)
+    x, labels = random_task_batch(tasks, preset.batch, input_shape)
     model.fit(x, labels, batch_size=preset.batch, epochs=1, verbose=0)  # trace, compile, end warm-up
     if isinstance(aggregator, kb.BayesAgg):
         assert int(aggregator.completed_epochs.numpy()) >= aggregator.warmup_epochs

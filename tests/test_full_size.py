@@ -7,22 +7,9 @@ import numpy as np
 import pytest
 
 import keras_bayesagg as kb
+from keras_bayesagg.data import random_task_batch
 
 pytestmark = pytest.mark.slow
-
-
-def _random_batch(tasks: dict[str, kb.tasks.Task], rows: int, dim: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, dim)).astype("float32")
-    labels = {}
-    for name, task in tasks.items():
-        if task.kind == "regression":
-            labels[name] = rng.normal(size=(rows, task.units)).astype("float32")
-        elif task.kind == "binary":
-            labels[name] = (rng.random((rows, task.units)) < 0.3).astype("float32")
-        else:
-            labels[name] = rng.integers(0, task.units, size=rows).astype("int32")
-    return x, labels
 
 
 @pytest.mark.parametrize(
@@ -40,7 +27,7 @@ def test_default_bayesagg_trains_at_paper_shapes_under_xla(tasks, dim, batch):
     model = kb.MultiTaskModel(trunk, tasks)
     aggregator = kb.BayesAgg(warmup_epochs=1, seed=0)  # S = 1024, the paper's default
     model.compile(optimizer=keras.optimizers.Adam(1e-3), aggregator=aggregator, jit_compile=True)
-    x, labels = _random_batch(tasks, batch * 6, dim)
+    x, labels = random_task_batch(tasks, batch * 6, (dim,), positive_rate=0.3)
     history = model.fit(x, labels, batch_size=batch, epochs=3, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
     assert int(aggregator.completed_epochs.numpy()) == 3
