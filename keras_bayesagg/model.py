@@ -390,16 +390,19 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------------ fit / evaluate
     def _with_builtin_callbacks(self, callbacks: Any, training: bool) -> Any:
+        """The model's own callbacks go first: a bad step raises before user callbacks see it, and
+        the epoch-end prior refresh happens before checkpoints are written."""
         builtin: list[keras.callbacks.Callback] = [_LabelGuard()]
         if training and self.aggregator is not None:
-            builtin = [AggregatorHooks(self.aggregator)] + self.aggregator.callbacks() + builtin
+            builtin = builtin + [AggregatorHooks(self.aggregator)] + self.aggregator.callbacks()
         if callbacks is None:
             return builtin
         if isinstance(callbacks, keras.callbacks.CallbackList):
             for callback in builtin:
-                callbacks.append(callback)
+                callback.set_model(self)
+            callbacks.callbacks[:0] = builtin
             return callbacks
-        return list(callbacks) + builtin
+        return builtin + list(callbacks)
 
     def _build_from_data(self, x: Any) -> None:
         """Build before `fit` when the input shape is visible, so callbacks see built state."""

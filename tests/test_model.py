@@ -238,3 +238,20 @@ def test_keras_round_trip_of_a_mixed_bayesagg_model(tmp_path):
         np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
     history = restored.fit(mixed_dataset(), epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0]) and int(restored.aggregator.completed_epochs.numpy()) == 3
+
+
+def test_weight_checkpoints_written_by_callbacks_carry_the_refreshed_prior(tmp_path):
+    path = str(tmp_path / "ckpt.weights.h5")
+    model = make_mixed_model()
+    model.compile(optimizer="adam", aggregator=kb.BayesAgg(warmup_epochs=1, num_samples=16, seed=0))
+    checkpoint = keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
+    model.fit(mixed_dataset(), epochs=2, verbose=0, callbacks=[checkpoint])
+    fresh = make_mixed_model(seed=5)
+    fresh.compile(optimizer="adam", aggregator=kb.BayesAgg(warmup_epochs=1, num_samples=16, seed=0))
+    fresh.build((None, 12))
+    fresh.load_weights(path)
+    for saved, loaded in zip(model.aggregator.weights, fresh.aggregator.weights):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    x, _ = mixed_task_data(num_samples=8)
+    for key, value in model.predict(x, verbose=0).items():
+        np.testing.assert_allclose(fresh.predict(x, verbose=0)[key], value, rtol=1e-6)
