@@ -110,7 +110,7 @@ def test_aggregation_matches_reference(reference):
     dtype = tf.float64
     features_full, features = tf.constant(reference["H_full"], dtype), tf.constant(reference["H"], dtype)
     targets_full, targets = tf.constant(reference["reg_Y_full"], dtype), tf.constant(reference["reg_Y"], dtype)
-    precision, full_mean, _ = regression.full_data_posterior(
+    precision, _, full_mean, _ = regression.full_data_posterior(
         tf.matmul(features_full, features_full, transpose_a=True),
         tf.matmul(features_full, targets_full, transpose_a=True),
         float(reference["meta_GAMMA"]),

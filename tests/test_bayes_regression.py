@@ -12,7 +12,7 @@ from keras_bayesagg.bayes import inverse_from_cholesky, inverse_variance_aggrega
 def _reference_posteriors(reference: dict[str, np.ndarray], dtype: tf.DType):
     features_full = tf.constant(reference["H_full"], dtype)
     targets_full = tf.constant(reference["reg_Y_full"], dtype)
-    precision, full_mean, ok = regression.full_data_posterior(
+    precision, _, full_mean, ok = regression.full_data_posterior(
         tf.matmul(features_full, features_full, transpose_a=True),
         tf.matmul(features_full, targets_full, transpose_a=True),
         float(reference["meta_GAMMA"]),

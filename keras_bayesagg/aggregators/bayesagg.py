@@ -183,12 +183,18 @@ class BayesAgg(Aggregator):
     # ------------------------------------------------------------------ per step
     def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
         features = tf.cast(inputs.representation, self.linalg_dtype)
-        if self.has_regression:
-            targets = self._regression_targets(inputs)
-            self.regression_gram_sum.assign_add(tf.matmul(features, features, transpose_a=True))
-            self.regression_target_sum.assign_add(tf.matmul(features, targets, transpose_a=True))
-        if self.has_classification:
-            self._buffer_rows(inputs)
+        targets = self._regression_targets(inputs) if self.has_regression else None
+
+        def collect() -> tf.Tensor:
+            if self.has_regression:
+                self.regression_gram_sum.assign_add(tf.matmul(features, features, transpose_a=True))
+                self.regression_target_sum.assign_add(tf.matmul(features, targets, transpose_a=True))
+            if self.has_classification:
+                self._buffer_rows(inputs)
+            return tf.constant(0)
+
+        # Only the last warm-up epoch's data becomes a prior; earlier epochs need no statistics.
+        tf.cond(self.completed_epochs + 1 >= self.warmup_epochs, collect, lambda: tf.constant(0))
         # Seeds are drawn every step (also in warm-up) so a run depends on the seed alone.
         seeds = {name: self.seed_generator.next() for name in self._sampled_groups()}
 
@@ -200,7 +206,7 @@ class BayesAgg(Aggregator):
         head_weights = self._classification_weights(inputs.heads)
 
         def bayesian() -> tuple[tf.Tensor, tf.Tensor]:
-            return self._bayesian_gradient(inputs, seeds, head_weights)
+            return self._bayesian_gradient(inputs, features, targets, seeds, head_weights)
 
         gradient, weights = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
         return Aggregation(tf.reduce_sum(inputs.losses), gradient, weights)
@@ -238,34 +244,30 @@ class BayesAgg(Aggregator):
         return weights
 
     def _binary_weights(self, heads: dict[str, Any]) -> tf.Tensor:
-        return tf.concat(
-            [
-                classification.head_weights(
-                    tf.stop_gradient(tf.convert_to_tensor(heads[name].kernel)),
-                    tf.stop_gradient(tf.convert_to_tensor(heads[name].bias)),
-                    self.linalg_dtype,
-                )
-                for name in self.binary_tasks
-            ],
-            axis=0,
-        )
+        return tf.concat([self._head_matrix(heads[name]) for name in self.binary_tasks], axis=0)
 
     def _multiclass_weights(self, head: Any) -> tf.Tensor:
         """The head flattened row-major in (class, feature): [1, C(D+1)]."""
-        weights = classification.head_weights(
-            tf.stop_gradient(tf.convert_to_tensor(head.kernel)), tf.stop_gradient(tf.convert_to_tensor(head.bias)), self.linalg_dtype
-        )
-        return tf.reshape(weights, [1, -1])
+        return tf.reshape(self._head_matrix(head), [1, -1])
+
+    def _head_matrix(self, head: Any) -> tf.Tensor:
+        """W [units, D+1] (bias last) of a head, without gradient."""
+        kernel = tf.stop_gradient(tf.convert_to_tensor(head.kernel))
+        bias = tf.stop_gradient(tf.convert_to_tensor(head.bias))
+        return classification.head_weights(kernel, bias, self.linalg_dtype)
 
     def _bayesian_gradient(
-        self, inputs: AggregatorInputs, seeds: dict[str, tf.Tensor], head_weights: dict[str, tf.Tensor]
+        self,
+        inputs: AggregatorInputs,
+        features: tf.Tensor,
+        targets: tf.Tensor | None,
+        seeds: dict[str, tf.Tensor],
+        head_weights: dict[str, tf.Tensor],
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        features = tf.cast(inputs.representation, self.linalg_dtype)
         moments: dict[str, regression.GradientMoments] = {}  # per task: [B, units of the task, D]
         task_ok: dict[str, tf.Tensor] = {}
 
         if self.has_regression:
-            targets = self._regression_targets(inputs)
             marginals = self._regression_marginals(features, targets)
             self._split_by_task(
                 regression.gradient_moments(marginals, features, targets), self.regression_tasks, marginals.ok, moments, task_ok
@@ -420,18 +422,19 @@ class BayesAgg(Aggregator):
             self.completed_epochs.assign_add(1)
             return
         if self.has_regression:
-            precision, mean, ok = regression.full_data_posterior(
+            posterior = regression.full_data_posterior(
                 tf.convert_to_tensor(self.regression_gram_sum),
                 tf.convert_to_tensor(self.regression_target_sum),
                 self.prior_variance,
             )
-            if not bool(ok):
+            mean = posterior.mean
+            if not bool(posterior.ok):
                 raise FloatingPointError(
                     f"BayesAgg: the full-data precision of regression tasks {self.regression_tasks} could not be "
                     "factored even with jitter; the trunk's representation has non-finite or huge values."
                 )
-            self.regression_prior_precision.assign(precision)
-            self.regression_prior_covariance.assign(regression.covariance_from_precision(precision))
+            self.regression_prior_precision.assign(posterior.precision)
+            self.regression_prior_covariance.assign(posterior.covariance)
             self.regression_prior_mean.assign(mean)
             start = 0
             for name in self.regression_tasks:

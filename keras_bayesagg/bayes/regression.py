@@ -42,25 +42,30 @@ class PosteriorMarginals(NamedTuple):
     ok: tf.Tensor
 
 
+class FullDataPosterior(NamedTuple):
+    """The epoch's posterior, the next epoch's prior: precision Λ_F and covariance Λ_F⁻¹ [D, D],
+    mean m_F [O, D], ok (the factorization succeeded)."""
+
+    precision: tf.Tensor
+    covariance: tf.Tensor
+    mean: tf.Tensor
+    ok: tf.Tensor
+
+
 def full_data_posterior(
     feature_gram: tf.Tensor, feature_target: tf.Tensor, prior_variance: float
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+) -> FullDataPosterior:
     """Posterior from sufficient statistics Σhhᵀ [D, D] and Σh·y [D, O] with prior N(0, γI).
 
-    Returns (precision Λ_F [D, D], mean m_F [O, D], ok). Λ_F = I/γ + Σhhᵀ, m_F = Λ_F⁻¹ Σh·y.
+    Λ_F = I/γ + Σhhᵀ, m_F = Λ_F⁻¹ Σh·y; the covariance (for the per-step rank-B update) comes
+    from the same factorization.
     """
     dim = tf.shape(feature_gram)[0]
     precision = feature_gram + tf.eye(dim, dtype=feature_gram.dtype) / prior_variance
     factor, ok = safe_cholesky(precision)
     mean = tf.transpose(tf.linalg.cholesky_solve(factor, feature_target))
-    return precision, mean, ok
-
-
-def covariance_from_precision(precision: tf.Tensor) -> tf.Tensor:
-    """Λ⁻¹ of a symmetric positive-definite precision, symmetrized (once per epoch, not per step)."""
-    factor, _ = safe_cholesky(precision)
     covariance = inverse_from_cholesky(factor)
-    return 0.5 * (covariance + tf.transpose(covariance))
+    return FullDataPosterior(precision, 0.5 * (covariance + tf.transpose(covariance)), mean, ok)
 
 
 def batch_posterior(
