@@ -1,47 +1,60 @@
-"""Callbacks that `MultiTaskModel.fit` adds by itself, usable alone in custom loops too."""
+"""Callbacks: the model's own (fault reports and aggregator hooks) and `TaskWeightHistory`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import keras
+import numpy as np
+
+
+class FaultGuard(keras.callbacks.Callback):
+    """Raises the error of a step that was skipped (bad labels, non-finite values) right after it."""
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.model.raise_for_faults()
+
+    def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.model.raise_for_faults()
 
 
 class AggregatorHooks(keras.callbacks.Callback):
-    """Runs the aggregator's hooks around training: `begin_epoch`, `end_batch`, `end_epoch(model)`.
+    """Runs the model's hooks around training: `begin_epoch`, `end_batch`, `end_epoch`.
 
     `MultiTaskModel.fit` adds it by itself. For BayesAgg this is what refreshes the full-data
-    prior once per epoch and reports a failed factorization right after the step; for
+    prior once per epoch (and switches the regression heads to its posterior mean); for
     DynamicWeightAverage it rolls the epoch loss averages over.
     """
 
-    def __init__(self, aggregator: Any) -> None:
+    def __init__(self, aggregator: Any = None) -> None:
         super().__init__()
-        self.aggregator = aggregator
+        self.aggregator = aggregator  # kept for version 0.1.0 callers; the model's aggregator is used
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self.aggregator.begin_epoch()
+        self.model.begin_epoch()
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.aggregator.end_batch()
+        self.model.aggregator.end_batch()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        self.aggregator.end_epoch(self.model)
+        self.model.end_epoch()
 
 
 class TaskWeightHistory(keras.callbacks.Callback):
     """Records each task unit's weight per epoch, to compare methods as in BayesAgg-MTL's Figure 3.
 
-    After every training batch it reads `aggregator.last_task_weights` (the [K] weights the
-    aggregator reported for that step) and at the end of the epoch stores their mean over the
-    epoch's batches in `history[unit name]` (unit names from `aggregator.layout.units`, e.g.
-    "age", "attributes[3]"). With `steps_per_execution > 1` Keras reports one batch end per
-    execution, so the mean is over the last step of each execution. For BayesAgg the weights
-    are its per-sample, per-dimension weights averaged over samples and dimensions.
+    Scale: *relative* weights. Each step's weights (`aggregator.last_task_weights`) are divided by
+    their mean, so they sum to K (the number of task units): 1 means an equal share, linear
+    scalarization is all ones, and methods whose weights sum to 1 (RLW, FAMO, MGDA) or to K
+    (DWA, BayesAgg) are on one scale, warm-up included. At the end of each epoch the mean over
+    the epoch's batches goes into `history[unit name]` (e.g. "age", "attributes[3]") and, with
+    `log_weights`, into the epoch logs as `weight/<unit>` (History, CSVLogger, TensorBoard see it
+    wherever this callback stands in the list: `fit` runs it before the user's other callbacks).
+    With `steps_per_execution > 1` the mean is over the last step of each execution.
 
     Args:
         aggregator: the aggregator to watch; None watches the model's (`model.aggregator`).
-        log_weights: also write `weight/<unit>` into the epoch logs (History, TensorBoard, CSV).
+        log_weights: also write `weight/<unit>` into the epoch logs.
     """
 
     def __init__(self, aggregator: Any = None, log_weights: bool = True) -> None:
@@ -68,7 +81,9 @@ class TaskWeightHistory(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         weights = self._aggregator().last_task_weights.numpy().astype("float64")
-        self._weight_sum = weights if self._weight_sum is None else self._weight_sum + weights
+        mean = weights.mean()
+        relative = weights / mean if np.isfinite(mean) and abs(mean) > 1e-12 else weights
+        self._weight_sum = relative if self._weight_sum is None else self._weight_sum + relative
         self._batches += 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
@@ -80,3 +95,21 @@ class TaskWeightHistory(keras.callbacks.Callback):
             self.history.setdefault(unit.name, []).append(float(weight))
             if self.log_weights and logs is not None:
                 logs[f"weight/{unit.name}"] = float(weight)
+
+
+def with_builtin_callbacks(model: keras.Model, callbacks: Any, training: bool) -> Any:
+    """The model's own callbacks first (a bad step raises before user callbacks see it; the epoch-end
+    prior refresh happens before checkpoints), then `TaskWeightHistory` (so loggers see its keys),
+    then the user's. A CallbackList that already has them (fit's, passed on to evaluate) is kept."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        if not any(isinstance(c, FaultGuard) for c in callbacks.callbacks):
+            guard = FaultGuard()
+            guard.set_model(model)
+            callbacks.callbacks.insert(0, guard)
+        return callbacks
+    builtin: list[keras.callbacks.Callback] = [FaultGuard()]
+    if training and model.aggregator is not None:
+        builtin += [AggregatorHooks()] + model.aggregator.callbacks()
+    user = list(callbacks or [])
+    weights_first = [c for c in user if isinstance(c, TaskWeightHistory)]
+    return builtin + weights_first + [c for c in user if not isinstance(c, TaskWeightHistory)]

@@ -7,66 +7,17 @@ binary output is one unit, a multiclass head is one unit.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Mapping
 
-import keras
 import tensorflow as tf
+
+from keras_bayesagg.heads import LinearHead
+from keras_bayesagg.validation import whole_number
 
 REGRESSION = "regression"
 BINARY = "binary"
 MULTICLASS = "multiclass"
-
-
-class LinearHead(keras.layers.Layer):
-    """A float32 linear layer z = h·K + b (the head of one task).
-
-    Regression heads also hold a non-trainable `posterior_kernel` and a switch
-    `use_posterior`: once BayesAgg refreshes the full-data posterior, the head predicts h·m_F
-    without bias (the paper's prediction rule) and its trainable kernel and bias get no
-    gradient, so evaluate, predict and export all use the posterior mean.
-    """
-
-    def __init__(self, units: int, with_posterior: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.units = int(units)
-        self.with_posterior = bool(with_posterior)
-
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        dim = int(input_shape[-1])
-        self.kernel = self.add_weight(
-            name="kernel", shape=(dim, self.units), initializer="glorot_uniform"
-        )
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
-        if self.with_posterior:
-            self.posterior_kernel = self.add_weight(
-                name="posterior_kernel",
-                shape=(dim, self.units),
-                initializer="zeros",
-                trainable=False,
-            )
-            self.use_posterior = self.add_weight(
-                name="use_posterior", shape=(), initializer="zeros", trainable=False
-            )
-
-    def effective_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
-        if not self.with_posterior:
-            return self.kernel, self.bias
-        switch = tf.convert_to_tensor(self.use_posterior)
-        kernel = switch * self.posterior_kernel + (1.0 - switch) * self.kernel
-        return kernel, (1.0 - switch) * self.bias
-
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        kernel, bias = self.effective_kernel_and_bias()
-        return tf.matmul(tf.cast(inputs, kernel.dtype), kernel) + bias
-
-    def set_posterior_kernel(self, kernel: tf.Tensor) -> None:
-        """Make the head predict h·kernel (no bias) from now on."""
-        self.posterior_kernel.assign(tf.cast(kernel, self.posterior_kernel.dtype))
-        self.use_posterior.assign(1.0)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "units": self.units, "with_posterior": self.with_posterior}
 
 
 class Task:
@@ -75,9 +26,7 @@ class Task:
     kind: str = ""
 
     def __init__(self, units: int) -> None:
-        if int(units) != units or units < 1:
-            raise ValueError(f"{type(self).__name__} needs a positive whole number of units; got {units!r}.")
-        self.units = int(units)
+        self.units = whole_number(type(self).__name__, "units", units)
 
     # -- structure --------------------------------------------------------------------------
     @property
@@ -87,6 +36,12 @@ class Task:
 
     def make_head(self, name: str) -> LinearHead:
         return LinearHead(self.units, name=name)
+
+    def unit_outputs(self, name: str) -> list[tuple[str, int | None]]:
+        """(unit name, output index) of each task unit: one unit per output by default."""
+        if self.units == 1:
+            return [(name, 0)]
+        return [(f"{name}[{o}]", o) for o in range(self.units)]
 
     # -- labels -----------------------------------------------------------------------------
     def describe(self) -> str:
@@ -183,9 +138,6 @@ class Regression(Task):
     def describe(self) -> str:
         return f"Regression with {self.units} output{'s' if self.units > 1 else ''}"
 
-    def make_head(self, name: str) -> LinearHead:
-        return LinearHead(self.units, with_posterior=True, name=name)
-
     def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
         return _dense_labels(name, self, labels)
 
@@ -251,6 +203,9 @@ class Multiclass(Task):
     def num_task_units(self) -> int:
         return 1
 
+    def unit_outputs(self, name: str) -> list[tuple[str, int | None]]:
+        return [(name, None)]
+
     def describe(self) -> str:
         return f"Multiclass with {self.units} classes"
 
@@ -310,3 +265,17 @@ def deserialize_task(config: dict[str, Any] | Task) -> Task:
     except KeyError:
         raise ValueError(f"Unknown task kind {config.get('class_name')!r}; known: {sorted(TASK_KINDS)}.") from None
     return kind.from_config(config["config"])
+
+
+_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+def check_task_dict(tasks: Any) -> None:
+    """A non-empty dict of well-named Task instances, or a clear error."""
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError("tasks must be a non-empty dict {name: kb.tasks.Regression() | Binary(n) | Multiclass(n)}.")
+    for name, task in tasks.items():
+        if not isinstance(name, str) or not _TASK_NAME.match(name):
+            raise ValueError(f"Task name {name!r} must be a string of letters, digits, '_', '.', '-' (not starting with a digit).")
+        if not isinstance(task, Task):
+            raise TypeError(f"Task '{name}' must be a kb.tasks.Regression, Binary or Multiclass instance; got {task!r}.")

@@ -57,3 +57,10 @@ def make_mixed_model(input_dim: int = 12, hidden: int = 16, seed: int = 0) -> kb
 def mixed_dataset(batch_size: int = 64, **kwargs: Any) -> tf.data.Dataset:
     x, labels = mixed_task_data(**kwargs)
     return tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
+
+
+def applied(aggregator: Any, inputs: Any) -> Any:
+    """One aggregation as the engine applies it: aggregate, then commit the aggregator's state writes."""
+    aggregation = aggregator.aggregate(inputs)
+    aggregator.commit(aggregation)
+    return aggregation

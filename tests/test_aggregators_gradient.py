@@ -17,17 +17,17 @@ from hypothesis import strategies as st
 
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import (
-    CAGrad,
     IMTLG,
     MGDA,
     AggregatorInputs,
     AlignedMTL,
+    CAGrad,
     NashMTL,
     PCGrad,
     TaskLayout,
 )
 from keras_bayesagg.aggregators.aligned_mtl import balance_transformation
-from tests.conftest import make_mixed_model, mixed_dataset
+from tests.conftest import applied, make_mixed_model, mixed_dataset
 
 BATCH, DIM = 4, 5
 
@@ -65,15 +65,14 @@ def compiled(name: str, num_tasks: int, level: str = "representation", dim: int 
     @tf.function
     def run(gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         representation = level == "representation"
-        result = aggregator.aggregate(
+        result = applied(aggregator,
             AggregatorInputs(
                 losses=tf.zeros([num_tasks]),
                 representation=tf.zeros([BATCH, dim]),
                 task_gradients=gradients if representation else None,
                 parameter_gradients=None if representation else gradients,
                 labels={},
-                logits={},
-                heads={},
+                head_weights={},
             )
         )
         direction = result.representation_gradient if representation else result.parameter_gradient
@@ -329,8 +328,8 @@ def test_nash_mtl_recomputes_weights_only_every_n_steps():
 
     @tf.function(jit_compile=True)
     def weights_for(gradients: tf.Tensor) -> tf.Tensor:
-        inputs = AggregatorInputs(tf.zeros([3]), tf.zeros([BATCH, DIM]), gradients, {}, {}, {})
-        return aggregator.aggregate(inputs).task_weights
+        inputs = AggregatorInputs(tf.zeros([3]), tf.zeros([BATCH, DIM]), gradients, {}, {})
+        return applied(aggregator, inputs).task_weights
 
     draws = [random_gradients(seed, 3, 0.0, 0.5) for seed in range(5)]
     weights = [weights_for(tf.constant(g)).numpy() for g in draws]
@@ -349,7 +348,7 @@ def test_pcgrad_draws_a_new_task_order_each_step_reproducibly():
     def run(seed: int) -> np.ndarray:
         aggregator = PCGrad(seed=seed)
         aggregator.build_for(layout(3, dim=2))
-        step = tf.function(lambda g: aggregator.aggregate(AggregatorInputs(tf.zeros([3]), tf.zeros([1, 2]), g, {}, {}, {})).task_weights)
+        step = tf.function(lambda g: applied(aggregator, AggregatorInputs(tf.zeros([3]), tf.zeros([1, 2]), g, {}, {})).task_weights)
         return np.stack([step(tf.constant(gradients)).numpy() for _ in range(12)])
 
     first, again = run(5), run(5)
@@ -364,7 +363,7 @@ def test_xla_compiles_once_for_new_gradient_values(name):
     aggregator = FACTORIES[name]()
     aggregator.build_for(layout(3))
     step = tf.function(
-        lambda g: aggregator.aggregate(AggregatorInputs(tf.zeros([3]), tf.zeros([BATCH, DIM]), g, {}, {}, {})).task_weights,
+        lambda g: applied(aggregator, AggregatorInputs(tf.zeros([3]), tf.zeros([BATCH, DIM]), g, {}, {})).task_weights,
         jit_compile=True,
     )
     step(tf.constant(random_gradients(0, 3, 0.0, 0.5)))

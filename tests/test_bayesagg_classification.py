@@ -100,9 +100,9 @@ def test_full_data_prior_is_the_posterior_over_all_rows_at_epoch_end_weights():
             tf.constant(weights.reshape(1, -1)),
             *classification.isotropic_prior(1, weights.size, 0.05, tf.float64),
         )
-        precision = aggregator.multiclass_prior_precisions[name].numpy()
+        precision = aggregator.classification_group(name).prior_precision.numpy()
         np.testing.assert_allclose(precision, expected.precision, rtol=1e-4, atol=1e-4 * np.abs(precision).max())
-        np.testing.assert_allclose(aggregator.multiclass_prior_means[name].numpy(), expected.mean, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(aggregator.classification_group(name).prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4)
 
     model = _binary_model(tasks=3)
     model.trunk.trainable = False
@@ -115,8 +115,8 @@ def test_full_data_prior_is_the_posterior_over_all_rows_at_epoch_end_weights():
         tf.constant(weights),
         *classification.isotropic_prior(3, weights.shape[1], 0.05, tf.float64),
     )
-    np.testing.assert_allclose(aggregator.binary_prior_precision.numpy(), expected.precision, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(aggregator.binary_prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(aggregator.classification_group("attributes").prior_precision.numpy(), expected.precision, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(aggregator.classification_group("attributes").prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4)
 
 
 def test_staging_buffer_smaller_than_one_step_is_a_clear_error():
@@ -167,8 +167,8 @@ def test_failed_posterior_falls_back_and_names_the_task():
     aggregator = kb.BayesAgg(num_samples=16, warmup_epochs=0)
     model.compile(optimizer="adam", aggregator=aggregator)
     model.build((None, 10))
-    aggregator.multiclass_prior_precisions["ethnicity"].assign(
-        tf.fill(aggregator.multiclass_prior_precisions["ethnicity"].shape, float("nan"))
+    aggregator.classification_group("ethnicity").prior_precision.assign(
+        tf.fill(aggregator.classification_group("ethnicity").prior_precision.shape, float("nan"))
     )
     with pytest.raises(FloatingPointError, match="ethnicity"):
         model.fit(tf.data.Dataset.from_tensor_slices((x, labels)).batch(64), epochs=1, verbose=0)

@@ -39,12 +39,12 @@ def test_refresh_sets_heads_to_full_data_posterior_mean_of_that_epoch():
     targets = np.concatenate([labels["a"], labels["b"][:, None]], axis=1).astype(np.float64)
     precision = np.eye(features.shape[1]) / 0.05 + features.T @ features
     expected = np.linalg.solve(precision, features.T @ targets)  # [D, O]
-    np.testing.assert_allclose(model.heads["a"].posterior_kernel.numpy(), expected[:, :2], rtol=2e-3, atol=1e-4)
-    np.testing.assert_allclose(model.heads["b"].posterior_kernel.numpy(), expected[:, 2:], rtol=2e-3, atol=1e-4)
-    np.testing.assert_allclose(aggregator.regression_prior_precision.numpy(), precision, rtol=1e-4)
+    np.testing.assert_allclose(model.heads["a"].override_kernel.numpy(), expected[:, :2], rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(model.heads["b"].override_kernel.numpy(), expected[:, 2:], rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(aggregator.regression.prior_precision.numpy(), precision, rtol=1e-4)
     covariance = np.linalg.inv(precision)
-    np.testing.assert_allclose(aggregator.regression_prior_covariance.numpy(), covariance, atol=1e-4 * np.abs(covariance).max())
-    np.testing.assert_allclose(aggregator.regression_prior_mean.numpy(), expected.T, rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(aggregator.regression.prior_covariance.numpy(), covariance, atol=1e-4 * np.abs(covariance).max())
+    np.testing.assert_allclose(aggregator.regression.prior_mean.numpy(), expected.T, rtol=2e-3, atol=1e-4)
     # Prediction rule: hᵀ m_F, no bias.
     predicted = model.predict(x[:8], verbose=0)
     np.testing.assert_allclose(predicted["a"], features[:8] @ expected[:, :2], rtol=2e-3, atol=2e-3)
@@ -59,18 +59,18 @@ def test_warmup_trains_heads_then_switches_to_posterior():
     ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(64)
     model.fit(ds, epochs=1, verbose=0)
     assert int(aggregator.completed_epochs.numpy()) == 1
-    assert float(model.heads["a"].use_posterior.numpy()) == 0.0  # still warming up: heads learned
+    assert float(model.heads["a"].override_active.numpy()) == 0.0  # still warming up: heads learned
     # Nothing uses the prior of an early warm-up epoch, so it is not computed.
-    np.testing.assert_allclose(aggregator.regression_prior_precision.numpy(), np.eye(16) / aggregator.prior_variance)
+    np.testing.assert_allclose(aggregator.regression.prior_precision.numpy(), np.eye(16) / aggregator.prior_variance)
     model.fit(ds, epochs=1, verbose=0)
-    assert float(model.heads["a"].use_posterior.numpy()) == 1.0  # the last warm-up epoch set the prior
-    posterior_before = model.heads["a"].posterior_kernel.numpy().copy()
+    assert float(model.heads["a"].override_active.numpy()) == 1.0  # the last warm-up epoch set the prior
+    posterior_before = model.heads["a"].override_kernel.numpy().copy()
     model.fit(ds, epochs=1, verbose=0)
-    assert not np.allclose(model.heads["a"].posterior_kernel.numpy(), posterior_before)
+    assert not np.allclose(model.heads["a"].override_kernel.numpy(), posterior_before)
     # In BayesAgg epochs the regression head is the posterior mean (no bias), not a learned layer.
     features = model.trunk(x[:16]).numpy()
     np.testing.assert_allclose(
-        model.predict(x[:16], verbose=0)["a"], features @ model.heads["a"].posterior_kernel.numpy(), rtol=1e-5, atol=1e-5
+        model.predict(x[:16], verbose=0)["a"], features @ model.heads["a"].override_kernel.numpy(), rtol=1e-5, atol=1e-5
     )
 
 
@@ -132,6 +132,6 @@ def test_mixed_precision_trunk_keeps_linear_algebra_in_float32(policy):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.trunk.compute_dtype != "float32"
-    assert aggregator.regression_prior_precision.dtype == "float32"
+    assert aggregator.regression.prior_precision.dtype == "float32"
     assert model.heads["a"].kernel.dtype == "float32"
     assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]

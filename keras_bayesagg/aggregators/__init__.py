@@ -1,7 +1,16 @@
 """Aggregators: how task gradients w.r.t. the shared representation combine (one method a file)."""
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs, TaskLayout, TaskUnit
 from keras_bayesagg.aggregators.aligned_mtl import AlignedMTL
+from keras_bayesagg.aggregators.base import (
+    Aggregation,
+    Aggregator,
+    AggregatorInputs,
+    ObjectiveAggregation,
+    ParameterAggregation,
+    RepresentationAggregation,
+    TaskLayout,
+    TaskUnit,
+)
 from keras_bayesagg.aggregators.bayesagg import BayesAgg
 from keras_bayesagg.aggregators.cagrad import CAGrad
 from keras_bayesagg.aggregators.dynamic_weight_average import DynamicWeightAverage
@@ -30,8 +39,11 @@ __all__ = [
     "LinearScalarization",
     "MGDA",
     "NashMTL",
+    "ObjectiveAggregation",
+    "ParameterAggregation",
     "PCGrad",
     "RandomLossWeighting",
+    "RepresentationAggregation",
     "ScaleInvariant",
     "TaskLayout",
     "TaskUnit",

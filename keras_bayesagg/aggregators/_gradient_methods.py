@@ -17,11 +17,18 @@ Heads always get the ordinary gradient of Σ_k L_k.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs
+from keras_bayesagg.aggregators.base import (
+    Aggregator,
+    AggregatorInputs,
+    ParameterAggregation,
+    RepresentationAggregation,
+    _no_commit,
+)
+from keras_bayesagg.validation import one_of
 
 LEVELS = ("representation", "parameters")
 
@@ -43,9 +50,7 @@ class GradientCombination(Aggregator):
 
     def __init__(self, level: str = "representation", name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if level not in LEVELS:
-            raise ValueError(f"{type(self).__name__}: level must be one of {LEVELS}; got {level!r}.")
-        self.level = level
+        self.level = one_of(type(self).__name__, "level", level, LEVELS)
         self.needs_task_gradients = level == "representation"
         self.needs_parameter_gradients = level == "parameters"
 
@@ -53,28 +58,34 @@ class GradientCombination(Aggregator):
         """w [K] (float32) from the Gram matrix M [K, K] of the task gradients."""
         raise NotImplementedError
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+    def propose_weights(self, gram: tf.Tensor) -> tuple[tf.Tensor, Callable[[], Any]]:
+        """(w, the method's state writes); stateful methods (random orders, cached weights) override it."""
+        return self.combination_weights(gram), _no_commit
+
+    def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation | ParameterAggregation:
         objective = tf.reduce_sum(inputs.losses)
         if self.level == "representation":
             if inputs.task_gradients is None:
                 raise ValueError(f"{type(self).__name__}(level='representation') needs task_gradients.")
             task_gradients = tf.stop_gradient(tf.cast(inputs.task_gradients, tf.float32))
-            weights = tf.cast(self.combination_weights(representation_gram(task_gradients)), tf.float32)
-            return Aggregation(
+            weights, commit = self.propose_weights(representation_gram(task_gradients))
+            weights = tf.cast(weights, tf.float32)
+            return RepresentationAggregation(
                 objective=objective,
                 representation_gradient=representation_direction(task_gradients, weights),
                 task_weights=weights,
+                commit=commit,
             )
         if inputs.parameter_gradients is None:
             raise ValueError(f"{type(self).__name__}(level='parameters') needs parameter_gradients.")
         parameter_gradients = tf.stop_gradient(tf.cast(inputs.parameter_gradients, tf.float32))
-        weights = tf.cast(
-            self.combination_weights(tf.matmul(parameter_gradients, parameter_gradients, transpose_b=True)), tf.float32
-        )
-        return Aggregation(
+        weights, commit = self.propose_weights(tf.matmul(parameter_gradients, parameter_gradients, transpose_b=True))
+        weights = tf.cast(weights, tf.float32)
+        return ParameterAggregation(
             objective=objective,
             parameter_gradient=tf.linalg.matvec(parameter_gradients, weights, transpose_a=True),
             task_weights=weights,
+            commit=commit,
         )
 
     def get_config(self) -> dict[str, Any]:

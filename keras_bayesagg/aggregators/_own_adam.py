@@ -2,12 +2,25 @@
 
 These variables follow their method's own update rule, not the model's optimizer, so the
 aggregator keeps Adam's moments as its own Keras variables (saved with the model, XLA-safe).
+A step is *proposed* (new values as tensors) and written only by `commit`, so a skipped train
+step leaves them untouched.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
+
+
+class AdamProposal(NamedTuple):
+    """The values after one Adam step: the variable, both moments and the step count."""
+
+    value: tf.Tensor
+    first_moment: tf.Tensor
+    second_moment: tf.Tensor
+    iterations: tf.Tensor
 
 
 class OwnAdam:
@@ -33,8 +46,12 @@ class OwnAdam:
         self.second_moment = owner.add_weight(name=f"{prefix}_adam_v", shape=shape, initializer="zeros", trainable=False)
         self.iterations = owner.add_weight(name=f"{prefix}_adam_t", shape=(), initializer="zeros", trainable=False)
 
-    def step(self, variable: keras.Variable, gradient: tf.Tensor) -> tf.Tensor:
-        """Assign θ ← θ - lr·m̂/(√v̂ + ε) and return the new value."""
+    def unchanged(self, variable: keras.Variable) -> AdamProposal:
+        """The current values (a step that does not move the variable)."""
+        return AdamProposal(*(tf.convert_to_tensor(v) for v in (variable, self.first_moment, self.second_moment, self.iterations)))
+
+    def propose(self, variable: keras.Variable, gradient: tf.Tensor) -> AdamProposal:
+        """θ - lr·m̂/(√v̂ + ε) and the new moments, without writing anything."""
         value = tf.convert_to_tensor(variable)
         gradient = gradient + self.weight_decay * value
         t = tf.convert_to_tensor(self.iterations) + 1.0
@@ -42,9 +59,11 @@ class OwnAdam:
         v = self.beta_2 * tf.convert_to_tensor(self.second_moment) + (1.0 - self.beta_2) * tf.square(gradient)
         m_hat = m / (1.0 - tf.pow(self.beta_1, t))
         v_hat = v / (1.0 - tf.pow(self.beta_2, t))
-        new_value = value - self.learning_rate * m_hat / (tf.sqrt(v_hat) + self.epsilon)
-        self.iterations.assign(t)
-        self.first_moment.assign(m)
-        self.second_moment.assign(v)
-        variable.assign(new_value)
-        return new_value
+        return AdamProposal(value - self.learning_rate * m_hat / (tf.sqrt(v_hat) + self.epsilon), m, v, t)
+
+    def commit(self, variable: keras.Variable, proposal: AdamProposal, value: tf.Tensor | None = None) -> None:
+        """Write a proposal (with `value` instead of `proposal.value` when the method post-processes it)."""
+        self.iterations.assign(proposal.iterations)
+        self.first_moment.assign(proposal.first_moment)
+        self.second_moment.assign(proposal.second_moment)
+        variable.assign(proposal.value if value is None else value)

@@ -1,29 +1,32 @@
 """The one small interface every aggregator implements.
 
 An aggregator decides how the task gradients w.r.t. the shared representation h combine before
-they flow into the trunk. Each train step of `MultiTaskModel`:
+they reach the trunk. It sees tensors only (no Keras layers, no model). Each train step:
 
-1. runs the trunk and the heads under a gradient tape and computes, per task unit k, the loss
-   L_k (mean over the batch) and, if `needs_task_gradients`, the per-sample gradients
-   G[i, k] = ∂ℓ_ik/∂h_i (exact, from the linear heads: no extra backward pass);
-2. calls `aggregate(inputs)` inside the tape, which returns an `Aggregation`;
-3. trains the heads and the aggregator's own trainable variables on the gradient of
-   `Aggregation.objective`, and the trunk either on the same objective
-   (`representation_gradient is None`, for loss-weighting methods) or by back-propagating
-   `representation_gradient` ([B, D], already divided by B) from h.
+1. the engine computes, per task unit k, the loss L_k (mean over the batch, differentiable) and,
+   if asked, the exact per-sample gradients G[i, k] = ∂ℓ_ik/∂h_i or the per-unit parameter
+   gradients ∂L_k/∂θ;
+2. `aggregate(inputs)` returns one of three kinds of `Aggregation`:
+   `ObjectiveAggregation` (train the trunk on this objective), `RepresentationAggregation`
+   (back-propagate this [B, D] gradient from h) or `ParameterAggregation` (use this flattened
+   trunk gradient). Heads and the aggregator's own trainable variables always train on the
+   objective;
+3. the engine applies the update, and then `aggregation.commit()` (the aggregator's state writes),
+   only if the step is sound; the aggregation's `faults` are part of that check.
 
 Aggregators are Keras layers only to own Keras variables (saved in `.keras` files and weight
-checkpoints, created before `fit` so `jit_compile=True` works); they are never called on data.
+checkpoints, created before `fit` so XLA works); they are never called on data.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import keras
 import tensorflow as tf
 
+from keras_bayesagg.engine.faults import Fault
 from keras_bayesagg.tasks import Task
 
 SEED_STATE_PREFIX = "seed_generator_state_"
@@ -35,7 +38,7 @@ class TaskUnit:
 
     name: str  # e.g. "age", "attributes[3]"
     task: str  # key in the model's task dict
-    kind: str  # "regression" | "binary" | "multiclass"
+    kind: str  # "regression" | "binary" | "multiclass" (for display; code uses the Task classes)
     output: int | None  # output index in the head (None for a multiclass head)
 
 
@@ -48,21 +51,18 @@ class TaskLayout:
 
     @property
     def units(self) -> tuple[TaskUnit, ...]:
-        units: list[TaskUnit] = []
-        for name, task in self.tasks.items():
-            if task.num_task_units == 1 and task.kind == "multiclass":
-                units.append(TaskUnit(name, name, task.kind, None))
-            elif task.units == 1:
-                units.append(TaskUnit(name, name, task.kind, 0))
-            else:
-                units.extend(TaskUnit(f"{name}[{o}]", name, task.kind, o) for o in range(task.units))
-        return tuple(units)
+        return tuple(
+            TaskUnit(unit, name, task.kind, output)
+            for name, task in self.tasks.items()
+            for unit, output in task.unit_outputs(name)
+        )
 
     @property
     def num_units(self) -> int:
         return sum(task.num_task_units for task in self.tasks.values())
 
     def unit_slice(self, task_name: str) -> slice:
+        """The columns of `task_name` among the K task units."""
         start = 0
         for name, task in self.tasks.items():
             if name == task_name:
@@ -70,28 +70,30 @@ class TaskLayout:
             start += task.num_task_units
         raise KeyError(task_name)
 
+    def names_of(self, kind: type[Task]) -> list[str]:
+        """Task names of one kind (a Task class), in layout order."""
+        return [name for name, task in self.tasks.items() if isinstance(task, kind)]
 
-@dataclasses.dataclass
+
+@dataclasses.dataclass(frozen=True)
 class AggregatorInputs:
-    """What one train step hands to `Aggregator.aggregate`.
+    """What one train step hands to `Aggregator.aggregate` (tensors only).
 
     losses: [K] mean-over-batch loss per task unit (differentiable: computed under the tape).
-    representation: h, [B, D] float32 (a stopped copy; the trunk is reached through the result).
-    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B), or None when the
-        aggregator does not ask for them (`needs_task_gradients`).
-    parameter_gradients: [K, P] ∂L_k/∂θ for all trainable trunk variables θ, flattened and
-        concatenated in `trunk.trainable_variables` order, or None unless
-        `needs_parameter_gradients` (costs one backward pass through the trunk per task unit).
-    labels, logits: per task name, canonical float32 labels and float32 logits.
-    heads: per task name, the `LinearHead` layers (kernels [D, units], biases).
+    representation: h, [B, D] float32, without gradient (the trunk is reached through the result).
+    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B), or None unless
+        `needs_task_gradients`.
+    labels: per task name, canonical float32 labels ([B, units]; multiclass as probability rows).
+    head_weights: per task name, the head as W [units, D+1] (bias last), float32, no gradient.
+    parameter_gradients: [K, P] ∂L_k/∂θ for the trunk's trainable variables, flattened in
+        `trunk.trainable_variables` order, or None unless `needs_parameter_gradients`.
     """
 
     losses: tf.Tensor
     representation: tf.Tensor
     task_gradients: tf.Tensor | None
-    labels: dict[str, tf.Tensor]
-    logits: dict[str, tf.Tensor]
-    heads: dict[str, Any]
+    labels: Mapping[str, tf.Tensor]
+    head_weights: Mapping[str, tf.Tensor]
     parameter_gradients: tf.Tensor | None = None
 
     @property
@@ -99,24 +101,62 @@ class AggregatorInputs:
         return tf.shape(self.representation)[0]
 
 
-@dataclasses.dataclass
-class Aggregation:
-    """What an aggregator decides for one step.
+def _no_commit() -> None:
+    return None
 
-    objective: scalar whose gradient trains the heads and the aggregator's own trainable
-        variables (and the trunk when `representation_gradient` is None).
-    representation_gradient: [B, D], back-propagated from h into the trunk (includes the 1/B
-        of the batch mean), or None to back-propagate `objective` instead.
-    task_weights: [K], the weight each task unit got this step (for logs and comparisons).
-    parameter_gradient: [P], the update direction for the flattened trunk variables (same
-        layout as `AggregatorInputs.parameter_gradients`); when given it is used for the trunk
-        instead of `representation_gradient` / `objective`.
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Aggregation:
+    """What an aggregator decides for one step (use one of the three subclasses).
+
+    objective: scalar; its gradient trains the heads and the aggregator's trainable variables.
+    task_weights: [K], the weight each task unit got (logs, `TaskWeightHistory`), or None.
+    commit: the aggregator's state writes for this step; the engine calls it only if the step
+        is applied, so a skipped step leaves the aggregator's statistics untouched.
+    faults: in-graph checks of the aggregator (e.g. a posterior that could not be factored);
+        any failed one skips the step and is reported with its message.
     """
 
     objective: tf.Tensor
-    representation_gradient: tf.Tensor | None = None
     task_weights: tf.Tensor | None = None
-    parameter_gradient: tf.Tensor | None = None
+    commit: Callable[[], Any] = _no_commit
+    faults: tuple[Fault, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ObjectiveAggregation(Aggregation):
+    """Train the trunk on `objective` too (loss-weighting methods)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RepresentationAggregation(Aggregation):
+    """Back-propagate `representation_gradient` [B, D] (already divided by B) from h into the trunk."""
+
+    representation_gradient: tf.Tensor
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParameterAggregation(Aggregation):
+    """Use `parameter_gradient` [P] (layout of `AggregatorInputs.parameter_gradients`) for the trunk."""
+
+    parameter_gradient: tf.Tensor
+
+
+def peek_seeds(generator: keras.random.SeedGenerator, count: int) -> tuple[list[tf.Tensor], Callable[[], Any]]:
+    """The seeds `count` calls of `generator.next()` would return, and the write that advances it.
+
+    Aggregators advance their generators in `commit`: a skipped step leaves the generator where
+    it was, so a run depends on its seed (and the steps applied) alone.
+    """
+    state = tf.convert_to_tensor(generator.state)
+    seeds = [state + tf.constant([0, k], state.dtype) for k in range(count)]
+    return seeds, lambda: generator.state.assign(state + tf.constant([0, count], state.dtype))
+
+
+def peek_seed(generator: keras.random.SeedGenerator) -> tuple[tf.Tensor, Callable[[], Any]]:
+    """The seed `generator.next()` would return, and the write that advances the generator."""
+    (seed,), advance = peek_seeds(generator, 1)
+    return seed, advance
 
 
 class Aggregator(keras.layers.Layer):
@@ -151,24 +191,36 @@ class Aggregator(keras.layers.Layer):
     def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
         raise NotImplementedError
 
-    # Hooks around training. `fit` calls them through `kb.callbacks.AggregatorHooks`; a custom
-    # training loop calls them itself.
+    def commit(self, aggregation: Aggregation) -> None:
+        """Apply an aggregation's state writes and record its task weights (the engine calls this
+        only for steps it applies)."""
+        aggregation.commit()
+        if aggregation.task_weights is not None:
+            self.last_task_weights.assign(tf.cast(tf.reshape(aggregation.task_weights, [-1]), tf.float32))
+
+    # Hooks around training. `fit` calls them through the model (`kb.callbacks.AggregatorHooks`);
+    # a custom training loop calls `model.begin_epoch()`, `model.end_batch()`, `model.end_epoch()`.
     def begin_epoch(self) -> None:
         """Before each training epoch."""
 
     def end_batch(self) -> None:
-        """After each train step (each `steps_per_execution` call); may raise to stop training."""
+        """After each train step (each `steps_per_execution` call)."""
 
-    def end_epoch(self, model: Any = None) -> None:
-        """After each training epoch, with the model (e.g. to refresh priors from its heads)."""
+    def end_epoch(self, head_weights: Mapping[str, tf.Tensor]) -> None:
+        """After each training epoch, with the heads' current weights {task: W [units, D+1]}."""
+
+    @property
+    def overridden_heads(self) -> tuple[str, ...]:
+        """Tasks whose head predictions this aggregator may replace (see `head_overrides`)."""
+        return ()
+
+    def head_overrides(self) -> dict[str, tf.Tensor]:
+        """{task: kernel [D, units]}: heads that should predict h·kernel (no bias) from now on."""
+        return {}
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """Extra callbacks `MultiTaskModel.fit` adds by itself, beyond `AggregatorHooks`."""
         return []
-
-    def record_task_weights(self, weights: tf.Tensor | None) -> None:
-        if weights is not None:
-            self.last_task_weights.assign(tf.cast(tf.reshape(weights, [-1]), tf.float32))
 
     def save_own_variables(self, store: Any) -> None:
         # Keras does not save SeedGenerator states; without them a reloaded model replays its draws.
@@ -178,6 +230,15 @@ class Aggregator(keras.layers.Layer):
 
     def load_own_variables(self, store: Any) -> None:
         keys = list(store.keys())
+        stored = [key for key in keys if not key.startswith(SEED_STATE_PREFIX)]
+        own = len(self._trainable_variables) + len(self._non_trainable_variables)
+        if len(stored) != own:
+            raise ValueError(
+                f"The saved aggregator state has {len(stored)} variables but this model's {type(self).__name__} has {own}: "
+                "it was saved from a model compiled with another aggregator (or other tasks). To continue that run, "
+                "compile the model with the aggregator it was saved with; to take the trunk and heads alone, use "
+                "model.load_weights(path, skip_mismatch=True)."
+            )
         for index, generator in enumerate(self._seed_generators):
             key = f"{SEED_STATE_PREFIX}{index}"
             if key in keys:

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination
 from keras_bayesagg.aggregators._solvers import SOLVER_DTYPE, frank_wolfe_simplex, trace_normalized
+from keras_bayesagg.validation import nonnegative_float, one_of, whole_number
 
 RESCALINGS = {"none": lambda c: 1.0, "one_plus_c_squared": lambda c: 1.0 + c * c, "one_plus_c": lambda c: 1.0 + c}
 
@@ -72,16 +73,10 @@ class CAGrad(GradientCombination):
         **kwargs: Any,
     ) -> None:
         super().__init__(level=level, name=name, **kwargs)
-        if not c >= 0:
-            raise ValueError(f"CAGrad: c must be >= 0; got {c!r}.")
-        if rescale not in RESCALINGS:
-            raise ValueError(f"CAGrad: rescale must be one of {tuple(RESCALINGS)}; got {rescale!r}.")
-        if int(max_iterations) != max_iterations or max_iterations < 1:
-            raise ValueError(f"CAGrad: max_iterations must be a positive whole number; got {max_iterations!r}.")
-        self.c = float(c)
-        self.rescale = rescale
-        self.max_iterations = int(max_iterations)
-        self.tolerance = float(tolerance)
+        self.c = nonnegative_float("CAGrad", "c", c)
+        self.rescale = one_of("CAGrad", "rescale", rescale, tuple(RESCALINGS))
+        self.max_iterations = whole_number("CAGrad", "max_iterations", max_iterations)
+        self.tolerance = nonnegative_float("CAGrad", "tolerance", tolerance)
 
     def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
         weights = cagrad_weights(gram, self.c, self.max_iterations, self.tolerance)

@@ -7,7 +7,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs, TaskLayout
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation, TaskLayout
+from keras_bayesagg.validation import positive_float
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -18,10 +19,9 @@ class DynamicWeightAverage(Aggregator):
     where L̄_k(e) is task unit k's loss averaged over the steps of epoch e; the objective is
     Σ_k λ_k L_k. Epochs 0 and 1 have no two past averages and use λ_k = 1 (plain sum).
 
-    The averages live in Keras variables: each step adds its losses, and `end_epoch()` (called
-    by the `AggregatorHooks` callback that `fit` adds by itself) turns the sums into averages at
-    the end of each epoch. In a custom loop call `begin_epoch()` before and `end_epoch()` after
-    each epoch.
+    The averages live in Keras variables: each applied step adds its losses, and `end_epoch`
+    (called through `model.end_epoch()`, which `fit` runs by itself) turns the sums into averages
+    at the end of each epoch; custom loops call `model.begin_epoch()` and `model.end_epoch()`.
 
     Args:
         temperature: T; larger T flattens the weights (the paper uses 2).
@@ -29,9 +29,7 @@ class DynamicWeightAverage(Aggregator):
 
     def __init__(self, temperature: float = 2.0, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if not temperature > 0:
-            raise ValueError(f"DynamicWeightAverage: temperature must be > 0; got {temperature!r}.")
-        self.temperature = float(temperature)
+        self.temperature = positive_float("DynamicWeightAverage", "temperature", temperature)
 
     def build_state(self, layout: TaskLayout) -> None:
         k = layout.num_units
@@ -53,18 +51,22 @@ class DynamicWeightAverage(Aggregator):
         dwa = self.layout.num_units * tf.nn.softmax(ratio / self.temperature)
         return tf.where(self.completed_epochs >= 2, dwa, tf.ones_like(dwa))
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
         weights = self.current_weights()
-        self.epoch_loss_sum.assign_add(tf.stop_gradient(inputs.losses))
-        self.epoch_steps.assign_add(1.0)
-        return Aggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights)
+        losses = tf.stop_gradient(inputs.losses)
+
+        def commit() -> None:
+            self.epoch_loss_sum.assign_add(losses)
+            self.epoch_steps.assign_add(1.0)
+
+        return ObjectiveAggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights, commit=commit)
 
     def begin_epoch(self) -> None:
         """Drop sums left by an interrupted epoch so each average covers exactly one epoch."""
         self.epoch_loss_sum.assign(tf.zeros_like(self.epoch_loss_sum))
         self.epoch_steps.assign(0.0)
 
-    def end_epoch(self, model: Any = None) -> None:
+    def end_epoch(self, head_weights: Any = None) -> None:
         """Make this epoch's average loss the last one and start a new sum (an epoch without steps is skipped)."""
         steps = float(self.epoch_steps.numpy())
         if steps == 0:

@@ -7,8 +7,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators._own_adam import OwnAdam
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs, TaskLayout
+from keras_bayesagg.aggregators._own_adam import AdamProposal, OwnAdam
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation, TaskLayout
+from keras_bayesagg.validation import nonnegative_float, positive_float
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -44,15 +45,9 @@ class FAMO(Aggregator):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        if not learning_rate > 0:
-            raise ValueError(f"FAMO: learning_rate must be > 0; got {learning_rate!r}.")
-        if not weight_decay >= 0:
-            raise ValueError(f"FAMO: weight_decay must be >= 0; got {weight_decay!r}.")
-        if not epsilon > 0:
-            raise ValueError(f"FAMO: epsilon must be > 0; got {epsilon!r}.")
-        self.learning_rate = float(learning_rate)
-        self.weight_decay = float(weight_decay)
-        self.epsilon = float(epsilon)
+        self.learning_rate = positive_float("FAMO", "learning_rate", learning_rate)
+        self.weight_decay = nonnegative_float("FAMO", "weight_decay", weight_decay)
+        self.epsilon = positive_float("FAMO", "epsilon", epsilon)
 
     def build_state(self, layout: TaskLayout) -> None:
         k = layout.num_units
@@ -63,26 +58,30 @@ class FAMO(Aggregator):
         self.has_previous = self.add_weight(name="has_previous", shape=(), initializer="zeros", trainable=False)
         self.logit_optimizer = OwnAdam(self, "task_logits", (k,), self.learning_rate, self.weight_decay)
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
         shifted = tf.stop_gradient(inputs.losses) + self.epsilon
         log_losses = tf.math.log(shifted)
-        self._update_logits(log_losses)
-        z = tf.nn.softmax(tf.convert_to_tensor(self.task_logits))
+        proposal = self._propose_logits(log_losses)
+        z = tf.nn.softmax(proposal.value)
         inverse = z / shifted
         normalizer = tf.reduce_sum(inverse)
         objective = tf.reduce_sum(z * tf.math.log(inputs.losses + self.epsilon)) / normalizer
-        self.previous_log_losses.assign(log_losses)
-        self.has_previous.assign(1.0)
-        return Aggregation(objective=objective, task_weights=inverse / normalizer)
 
-    def _update_logits(self, log_losses: tf.Tensor) -> None:
-        def step() -> tf.Tensor:
+        def commit() -> None:
+            self.logit_optimizer.commit(self.task_logits, proposal)
+            self.previous_log_losses.assign(log_losses)
+            self.has_previous.assign(1.0)
+
+        return ObjectiveAggregation(objective=objective, task_weights=inverse / normalizer, commit=commit)
+
+    def _propose_logits(self, log_losses: tf.Tensor) -> AdamProposal:
+        def step() -> AdamProposal:
             decrease = tf.convert_to_tensor(self.previous_log_losses) - log_losses
             z = tf.nn.softmax(tf.convert_to_tensor(self.task_logits))
             gradient = z * (decrease - tf.reduce_sum(z * decrease))
-            return self.logit_optimizer.step(self.task_logits, gradient)
+            return self.logit_optimizer.propose(self.task_logits, gradient)
 
-        tf.cond(self.has_previous > 0, step, lambda: tf.convert_to_tensor(self.task_logits))
+        return AdamProposal(*tf.cond(self.has_previous > 0, step, lambda: self.logit_optimizer.unchanged(self.task_logits)))
 
     def get_config(self) -> dict[str, Any]:
         return {

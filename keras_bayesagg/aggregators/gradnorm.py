@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 
 from keras_bayesagg.aggregators._own_adam import OwnAdam
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs, TaskLayout
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation, TaskLayout
+from keras_bayesagg.validation import nonnegative_float, positive_float
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -34,12 +35,8 @@ class GradNorm(Aggregator):
 
     def __init__(self, alpha: float = 1.5, learning_rate: float = 0.025, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if not alpha >= 0:
-            raise ValueError(f"GradNorm: alpha must be >= 0; got {alpha!r}.")
-        if not learning_rate > 0:
-            raise ValueError(f"GradNorm: learning_rate must be > 0; got {learning_rate!r}.")
-        self.alpha = float(alpha)
-        self.learning_rate = float(learning_rate)
+        self.alpha = nonnegative_float("GradNorm", "alpha", alpha)
+        self.learning_rate = positive_float("GradNorm", "learning_rate", learning_rate)
 
     def build_state(self, layout: TaskLayout) -> None:
         k = layout.num_units
@@ -48,7 +45,7 @@ class GradNorm(Aggregator):
         self.has_initial_losses = self.add_weight(name="has_initial_losses", shape=(), initializer="zeros", trainable=False)
         self.weight_optimizer = OwnAdam(self, "task_weights", (k,), self.learning_rate)
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
         if inputs.task_gradients is None:
             raise ValueError("GradNorm needs task_gradients (needs_task_gradients = True).")
         losses = tf.stop_gradient(inputs.losses)
@@ -56,8 +53,6 @@ class GradNorm(Aggregator):
         objective = tf.reduce_sum(weights * inputs.losses)
 
         initial = tf.where(self.has_initial_losses > 0, tf.convert_to_tensor(self.initial_losses), losses)
-        self.initial_losses.assign(initial)
-        self.has_initial_losses.assign(1.0)
 
         batch = tf.cast(inputs.batch_size, tf.float32)
         gradient_norms = tf.sqrt(tf.reduce_sum(tf.square(inputs.task_gradients), axis=[0, 2])) / batch
@@ -66,10 +61,15 @@ class GradNorm(Aggregator):
         training_rates = loss_ratios / tf.maximum(tf.reduce_mean(loss_ratios), 1e-12)
         targets = tf.reduce_mean(weighted_norms) * tf.pow(training_rates, self.alpha)
         weight_gradient = tf.sign(weighted_norms - targets) * gradient_norms
-        stepped = self.weight_optimizer.step(self.task_weights, weight_gradient)
-        positive = tf.maximum(stepped, 1e-6)
-        self.task_weights.assign(self.layout.num_units * positive / tf.reduce_sum(positive))
-        return Aggregation(objective=objective, task_weights=weights)
+        proposal = self.weight_optimizer.propose(self.task_weights, weight_gradient)
+        positive = tf.maximum(proposal.value, 1e-6)
+
+        def commit() -> None:
+            self.weight_optimizer.commit(self.task_weights, proposal, self.layout.num_units * positive / tf.reduce_sum(positive))
+            self.initial_losses.assign(initial)
+            self.has_initial_losses.assign(1.0)
+
+        return ObjectiveAggregation(objective=objective, task_weights=weights, commit=commit)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "alpha": self.alpha, "learning_rate": self.learning_rate}

@@ -5,16 +5,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
 class LinearScalarization(Aggregator):
     """Σ_k L_k over all task units; every parameter gets the ordinary gradient of that sum."""
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
-        return Aggregation(
-            objective=tf.reduce_sum(inputs.losses),
-            representation_gradient=None,
-            task_weights=tf.ones_like(inputs.losses),
-        )
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
+        return ObjectiveAggregation(objective=tf.reduce_sum(inputs.losses), task_weights=tf.ones_like(inputs.losses))

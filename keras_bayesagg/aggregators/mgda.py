@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination
 from keras_bayesagg.aggregators._solvers import min_norm_weights
+from keras_bayesagg.validation import nonnegative_float, whole_number
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -38,12 +39,8 @@ class MGDA(GradientCombination):
         **kwargs: Any,
     ) -> None:
         super().__init__(level=level, name=name, **kwargs)
-        if int(max_iterations) != max_iterations or max_iterations < 1:
-            raise ValueError(f"MGDA: max_iterations must be a positive whole number; got {max_iterations!r}.")
-        if not tolerance >= 0:
-            raise ValueError(f"MGDA: tolerance must be >= 0; got {tolerance!r}.")
-        self.max_iterations = int(max_iterations)
-        self.tolerance = float(tolerance)
+        self.max_iterations = whole_number("MGDA", "max_iterations", max_iterations)
+        self.tolerance = nonnegative_float("MGDA", "tolerance", tolerance)
 
     def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
         return min_norm_weights(gram, self.max_iterations, self.tolerance)

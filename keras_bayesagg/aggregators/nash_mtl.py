@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination
 from keras_bayesagg.aggregators._solvers import nash_bargaining_weights
 from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.validation import whole_number
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -40,12 +41,8 @@ class NashMTL(GradientCombination):
         **kwargs: Any,
     ) -> None:
         super().__init__(level=level, name=name, **kwargs)
-        if int(update_weights_every) != update_weights_every or update_weights_every < 1:
-            raise ValueError(f"NashMTL: update_weights_every must be a positive whole number; got {update_weights_every!r}.")
-        if int(max_iterations) != max_iterations or max_iterations < 1:
-            raise ValueError(f"NashMTL: max_iterations must be a positive whole number; got {max_iterations!r}.")
-        self.update_weights_every = int(update_weights_every)
-        self.max_iterations = int(max_iterations)
+        self.update_weights_every = whole_number("NashMTL", "update_weights_every", update_weights_every)
+        self.max_iterations = whole_number("NashMTL", "max_iterations", max_iterations)
 
     def build_state(self, layout: TaskLayout) -> None:
         self.bargaining_weights = self.add_weight(
@@ -53,7 +50,7 @@ class NashMTL(GradientCombination):
         )
         self.step_counter = self.add_weight(name="step_counter", shape=(), dtype="int64", initializer="zeros", trainable=False)
 
-    def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
+    def propose_weights(self, gram: tf.Tensor) -> tuple[tf.Tensor, Callable[[], Any]]:
         if self.update_weights_every == 1:
             weights = tf.cast(nash_bargaining_weights(gram, self.max_iterations), tf.float32)
         else:
@@ -62,9 +59,12 @@ class NashMTL(GradientCombination):
                 lambda: tf.cast(nash_bargaining_weights(gram, self.max_iterations), tf.float32),
                 lambda: tf.convert_to_tensor(self.bargaining_weights),
             )
-        self.bargaining_weights.assign(weights)
-        self.step_counter.assign_add(1)
-        return weights
+
+        def commit() -> None:
+            self.bargaining_weights.assign(weights)
+            self.step_counter.assign_add(1)
+
+        return weights, commit
 
     def get_config(self) -> dict[str, Any]:
         return {

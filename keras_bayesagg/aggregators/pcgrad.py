@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination
+from keras_bayesagg.aggregators.base import peek_seed
+from keras_bayesagg.validation import optional_seed
 
 
 def pcgrad_weights(gram: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
@@ -53,13 +55,14 @@ class PCGrad(GradientCombination):
 
     def __init__(self, level: str = "representation", seed: int | None = None, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(level=level, name=name, **kwargs)
-        self.seed = seed
+        self.seed = optional_seed("PCGrad", "seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed, name="pcgrad_seed")
 
-    def combination_weights(self, gram: tf.Tensor) -> tf.Tensor:
+    def propose_weights(self, gram: tf.Tensor) -> tuple[tf.Tensor, Callable[[], Any]]:
         num_tasks = gram.shape[0]
-        keys = keras.random.uniform((num_tasks, num_tasks), seed=self.seed_generator)
-        return pcgrad_weights(gram, tf.argsort(keys, axis=1))
+        seed, advance = peek_seed(self.seed_generator)
+        keys = tf.random.stateless_uniform((num_tasks, num_tasks), seed=tf.cast(seed, tf.int32))
+        return pcgrad_weights(gram, tf.argsort(keys, axis=1)), advance
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}

@@ -7,7 +7,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation, peek_seed
+from keras_bayesagg.validation import optional_seed
+
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
 class RandomLossWeighting(Aggregator):
@@ -25,13 +27,14 @@ class RandomLossWeighting(Aggregator):
 
     def __init__(self, seed: int | None = None, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        self.seed = seed
+        self.seed = optional_seed("RandomLossWeighting", "seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed, name="rlw_seed")
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
-        logits = keras.random.normal((self.layout.num_units,), seed=self.seed_generator, dtype="float32")
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
+        seed, advance = peek_seed(self.seed_generator)
+        logits = tf.random.stateless_normal((self.layout.num_units,), seed=tf.cast(seed, tf.int32), dtype=tf.float32)
         weights = tf.nn.softmax(logits)
-        return Aggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights)
+        return ObjectiveAggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights, commit=advance)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}

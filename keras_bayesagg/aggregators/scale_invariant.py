@@ -7,7 +7,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation
+from keras_bayesagg.validation import nonnegative_float
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -24,13 +25,11 @@ class ScaleInvariant(Aggregator):
 
     def __init__(self, epsilon: float = 1e-12, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if not epsilon >= 0:
-            raise ValueError(f"ScaleInvariant: epsilon must be >= 0; got {epsilon!r}.")
-        self.epsilon = float(epsilon)
+        self.epsilon = nonnegative_float("ScaleInvariant", "epsilon", epsilon)
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
         shifted = inputs.losses + self.epsilon
-        return Aggregation(
+        return ObjectiveAggregation(
             objective=tf.reduce_sum(tf.math.log(shifted)),
             task_weights=1.0 / tf.stop_gradient(shifted),
         )

@@ -7,8 +7,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import Aggregation, Aggregator, AggregatorInputs, TaskLayout
-from keras_bayesagg.tasks import REGRESSION
+from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation, TaskLayout
+from keras_bayesagg.tasks import Regression
+from keras_bayesagg.validation import one_of
 
 VARIANTS = ("kendall", "simplified", "log1p")
 
@@ -36,16 +37,14 @@ class UncertaintyWeighting(Aggregator):
 
     def __init__(self, variant: str = "kendall", name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if variant not in VARIANTS:
-            raise ValueError(f"UncertaintyWeighting: variant must be one of {VARIANTS}; got {variant!r}.")
-        self.variant = variant
+        self.variant = one_of("UncertaintyWeighting", "variant", variant, VARIANTS)
 
     def build_state(self, layout: TaskLayout) -> None:
         self.log_variances = self.add_weight(
             name="log_variances", shape=(layout.num_units,), initializer="zeros", trainable=True
         )
         if self.variant == "kendall":
-            factors = [0.5 if unit.kind == REGRESSION else 1.0 for unit in layout.units]
+            factors = [0.5 if isinstance(layout.tasks[unit.task], Regression) else 1.0 for unit in layout.units]
         elif self.variant == "simplified":
             factors = [1.0] * layout.num_units
         else:
@@ -60,11 +59,11 @@ class UncertaintyWeighting(Aggregator):
             return log_variances
         return tf.nn.softplus(log_variances)
 
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
+    def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
         log_variances = tf.convert_to_tensor(self.log_variances)
         weights = tf.constant(self.loss_factors, tf.float32) * tf.exp(-log_variances)
         objective = tf.reduce_sum(weights * inputs.losses + self.regularizer(log_variances))
-        return Aggregation(objective=objective, task_weights=tf.stop_gradient(weights))
+        return ObjectiveAggregation(objective=objective, task_weights=tf.stop_gradient(weights))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "variant": self.variant}

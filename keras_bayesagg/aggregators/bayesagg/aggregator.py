@@ -1,0 +1,269 @@
+"""BayesAgg-MTL (Achituve et al., ICML 2024): inverse-variance aggregation of Bayesian task gradients.
+
+The composer: each linear head gets a posterior (its prior is the full-data posterior of the
+previous epoch), which induces a Gaussian over every task's per-sample gradient w.r.t. h (exact
+for regression, Monte Carlo for classification); the task gradients are combined per sample and
+per dimension with weights ∝ 1/σ²^s (paper Eq. 9). The parts own their state:
+`RegressionPart` (sufficient statistics and prior), `ClassificationGroup` (priors of the binary
+outputs and of each multiclass head), `RowStaging` (rows for the classification refresh).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import keras
+import tensorflow as tf
+
+from keras_bayesagg.aggregators.base import (
+    Aggregator,
+    AggregatorInputs,
+    RepresentationAggregation,
+    TaskLayout,
+    peek_seeds,
+    sum_of_losses_gradient,
+)
+from keras_bayesagg.aggregators.bayesagg import memory
+from keras_bayesagg.aggregators.bayesagg.classification_part import ClassificationGroup
+from keras_bayesagg.aggregators.bayesagg.regression_part import RegressionPart
+from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
+from keras_bayesagg.bayes.aggregation import inverse_variance_aggregate
+from keras_bayesagg.engine.faults import Fault
+from keras_bayesagg.tasks import Binary, Multiclass, Regression
+from keras_bayesagg.validation import (
+    one_of,
+    optional_positive_float,
+    optional_seed,
+    positive_float,
+    power,
+    whole_number,
+)
+
+LINALG_DTYPES = ("float32", "float64")
+
+
+@keras.saving.register_keras_serializable(package="keras_bayesagg")
+class BayesAgg(Aggregator):
+    """BayesAgg-MTL for any mix of `Regression`, `Binary` and `Multiclass` tasks.
+
+    Args:
+        prior_variance: γ of the prior N(0, γI) of the full-data posterior.
+        regression_power: s_reg ∈ (0, 1], the power of regression gradient variances.
+        classification_power: s_cls ∈ (0, 1], the power of classification gradient variances.
+        num_samples: S, Monte Carlo draws of classification head weights per step.
+        warmup_epochs: epochs trained with linear scalarization before BayesAgg takes over.
+        seed: seed of the Monte Carlo draws (same seed, same run; works under XLA).
+        linalg_dtype: "float32" or "float64" for posteriors, factorizations and moments.
+        feature_buffer_rows: rows of (h, labels) staged on the device for the classification
+            full-data prior (moved to host memory after steps); must hold at least the rows of
+            one `steps_per_execution` call.
+        memory_limit_gb: refuse task layouts whose state and per-step work would take more
+            (estimated before allocating; None: no check).
+
+    Defaults follow the authors' UTKFace setting (γ = 0.005, s_reg = 0.3, s_cls = 0.1, S = 1024).
+    """
+
+    needs_task_gradients = True
+
+    def __init__(
+        self,
+        prior_variance: float = 0.005,
+        regression_power: float = 0.3,
+        classification_power: float = 0.1,
+        num_samples: int = 1024,
+        warmup_epochs: int = 1,
+        seed: int | None = None,
+        linalg_dtype: str = "float32",
+        feature_buffer_rows: int = 8192,
+        memory_limit_gb: float | None = 4.0,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self.prior_variance = positive_float("BayesAgg", "prior_variance", prior_variance)
+        self.regression_power = power("BayesAgg", "regression_power", regression_power)
+        self.classification_power = power("BayesAgg", "classification_power", classification_power)
+        self.num_samples = whole_number("BayesAgg", "num_samples", num_samples)
+        self.warmup_epochs = whole_number("BayesAgg", "warmup_epochs", warmup_epochs, minimum=0)
+        self.seed = optional_seed("BayesAgg", "seed", seed)
+        self.linalg_dtype = one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
+        self.feature_buffer_rows = whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
+        self.memory_limit_gb = optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
+        self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
+
+    # ------------------------------------------------------------------ state
+    def build_state(self, layout: TaskLayout) -> None:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            raise ValueError(
+                f"BayesAgg does not support tf.distribute with more than one replica yet (got {replicas}): its "
+                "full-data statistics and feature buffer are per-process state. Train on one device, or use "
+                "another aggregator under this strategy."
+            )
+        memory.refuse_if_too_large(layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb)
+        dim = layout.representation_dim
+        self.completed_epochs = self.add_weight(name="completed_epochs", shape=(), dtype="int32", initializer="zeros",
+                                                trainable=False)
+        self.epoch_steps = self.add_weight(name="epoch_steps", shape=(), dtype="int32", initializer="zeros", trainable=False)
+        units = {name: task.units for name, task in layout.tasks.items()}
+        regression = {name: units[name] for name in layout.names_of(Regression)}
+        binary = {name: units[name] for name in layout.names_of(Binary)}
+        common = dict(dim=dim, prior_variance=self.prior_variance, dtype=self.linalg_dtype)
+        self.regression = RegressionPart(self, regression, **common) if regression else None
+        self.groups: list[ClassificationGroup] = []
+        if binary:
+            self.groups.append(ClassificationGroup(self, "binary", binary, multiclass=False, **common))
+        for name in layout.names_of(Multiclass):
+            self.groups.append(ClassificationGroup(self, name, {name: units[name]}, multiclass=True, **common))
+        self.staging = None
+        if self.groups:
+            self.staging = RowStaging(self.feature_buffer_rows, dim, sum(group.label_columns for group in self.groups))
+        # A Python tuple, not a tensor: the model may be built inside a traced step.
+        self.unit_powers = tuple(
+            self.regression_power if unit.task in regression else self.classification_power for unit in layout.units
+        )
+
+    # ------------------------------------------------------------------ per step
+    def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:
+        features = tf.cast(inputs.representation, self.linalg_dtype)
+        targets = self.regression.targets(inputs.labels) if self.regression else None
+        group_labels = [group.labels(inputs.labels) for group in self.groups]
+        group_weights = [group.weights(inputs.head_weights) for group in self.groups]
+        # Seeds are drawn every applied step (also in warm-up), so a run depends on its seed alone.
+        seeds, advance_seeds = peek_seeds(self.seed_generator, len(self.groups))
+        names = list(self.layout.tasks)
+
+        def warmup() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return sum_of_losses_gradient(inputs), tf.ones_like(inputs.losses), tf.zeros([len(names)], tf.bool)
+
+        def bayesian() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            moments, task_ok = {}, {}
+            if self.regression:
+                regression_moments, ok = self.regression.moments(features, targets)
+                moments.update(regression_moments)
+                task_ok.update({name: ok for name in regression_moments})
+            for group, labels, weights, seed in zip(self.groups, group_labels, group_weights, seeds):
+                group_moments, group_ok = group.moments(features, labels, weights, self.num_samples, seed)
+                moments.update(group_moments)
+                task_ok.update(group_ok)
+            combined = inverse_variance_aggregate(
+                tf.cast(tf.concat([moments[name].mean for name in names], axis=1), tf.float32),
+                tf.cast(tf.concat([moments[name].variance for name in names], axis=1), tf.float32),
+                tf.constant(self.unit_powers, tf.float32),
+            )
+            failed = tf.stack([~task_ok[name] for name in names])
+            # K·mean α: equal weights are ones, on the scale of the warm-up (linear scalarization).
+            weights = self.layout.num_units * tf.reduce_mean(combined.weights, axis=[0, 2])
+            return combined.gradient / tf.cast(inputs.batch_size, tf.float32), weights, failed
+
+        gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
+        faults = tuple(
+            Fault(failed[index], f"BayesAgg: the batch posterior of task '{name}' ({self.layout.tasks[name].describe()}) "
+                                 "could not be factored even with jitter (non-finite or huge representations or head weights).")
+            for index, name in enumerate(names)
+        )
+        collect = self._collect(features, targets, inputs.representation, group_labels)
+
+        def commit() -> None:
+            advance_seeds()
+            collect()
+            self.epoch_steps.assign_add(1)
+
+        return RepresentationAggregation(
+            objective=tf.reduce_sum(inputs.losses), representation_gradient=gradient, task_weights=weights,
+            commit=commit, faults=faults,
+        )
+
+    def _collect(self, features: tf.Tensor, targets: tf.Tensor | None, representation: tf.Tensor,
+                 group_labels: list[tf.Tensor]) -> Any:
+        """The write of this step's full-data statistics; only the last warm-up epoch's data and later
+        become a prior, so earlier epochs collect nothing."""
+        writes = []
+        if self.regression:
+            writes.append(self.regression.collect(features, targets))
+        if self.staging:
+            writes.append(self.staging.write(representation, tf.concat(group_labels, axis=1)))
+
+        def collect() -> None:
+            def run() -> tf.Tensor:
+                for write in writes:
+                    write()
+                return tf.constant(0)
+
+            tf.cond(self.completed_epochs + 1 >= self.warmup_epochs, run, lambda: tf.constant(0))
+
+        return collect
+
+    # ------------------------------------------------------------------ per batch / per epoch
+    def begin_epoch(self) -> None:
+        """Start collecting this epoch's full-data statistics."""
+        if not self.built:
+            return
+        self.epoch_steps.assign(0)
+        if self.regression:
+            self.regression.reset()
+        if self.staging:
+            self.staging.reset()
+
+    def end_batch(self) -> None:
+        """Move staged rows to host memory when the next write might not fit."""
+        if self.built and self.staging:
+            self.staging.end_batch()
+
+    def end_epoch(self, head_weights: Mapping[str, tf.Tensor]) -> None:
+        """Turn this epoch's data into the prior of the next epoch (SPEC "full-data posterior").
+
+        An epoch without applied steps changes nothing (it is not counted either). Earlier warm-up
+        epochs skip the refresh: nothing uses their prior. Classification priors are the Newton
+        posterior over all of the epoch's rows at `head_weights`, the heads' current weights.
+        """
+        if not isinstance(head_weights, Mapping):  # custom loops of version 0.1.0 passed the model
+            head_weights.end_epoch()
+            return
+        if not self.built or int(self.epoch_steps.numpy()) == 0:
+            return
+        prior_needed = int(self.completed_epochs.numpy()) + 1 >= self.warmup_epochs
+        if self.staging:
+            features, labels = self.staging.epoch_rows()
+        if prior_needed and self.regression:
+            self.regression.refresh()
+        if prior_needed and self.groups and len(features):
+            column = 0
+            for group in self.groups:
+                weights = group.weights(head_weights)
+                group.refresh(features, labels[:, column : column + group.label_columns], weights)
+                column += group.label_columns
+        self.begin_epoch()  # the statistics are spent: an epoch's sums never outlive it
+        self.completed_epochs.assign_add(1)
+
+    def classification_group(self, task_name: str) -> ClassificationGroup:
+        """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
+        for group in self.groups:
+            if task_name in group.task_units:
+                return group
+        raise KeyError(f"BayesAgg has no classification task '{task_name}'.")
+
+    @property
+    def overridden_heads(self) -> tuple[str, ...]:
+        return tuple(self.regression.task_units) if self.built and self.regression else ()
+
+    def head_overrides(self) -> dict[str, tf.Tensor]:
+        """After warm-up the regression heads predict with the full-data posterior mean (no bias):
+        the paper's prediction rule, used by evaluate, predict and export."""
+        if not self.overridden_heads or int(self.completed_epochs.numpy()) < max(self.warmup_epochs, 1):
+            return {}
+        return self.regression.posterior_kernels()
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "prior_variance": self.prior_variance,
+            "regression_power": self.regression_power,
+            "classification_power": self.classification_power,
+            "num_samples": self.num_samples,
+            "warmup_epochs": self.warmup_epochs,
+            "seed": self.seed,
+            "linalg_dtype": self.linalg_dtype,
+            "feature_buffer_rows": self.feature_buffer_rows,
+            "memory_limit_gb": self.memory_limit_gb,
+        }

@@ -1,0 +1,119 @@
+"""BayesAgg's classification tasks: Laplace/GGN priors and Monte Carlo gradient moments per group.
+
+A *group* shares one block structure: all binary outputs together (O blocks of D+1, SPEC
+"binary set: no cross terms") or one multiclass head (one block of C(D+1)). The prior of a group
+is the Newton posterior over all of the epoch's (h, y) rows at the heads' weights at the end of
+the epoch; it cannot be accumulated step by step, hence the staged rows (`row_staging`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_bayesagg.bayes import classification
+from keras_bayesagg.bayes.regression import GradientMoments
+
+FULL_DATA_CHUNK_ROWS = 4096
+
+
+def _batched_identity(scale: float) -> Any:
+    """Initializer of a stack of scaled identities [M, n, n] (prior precisions I/γ)."""
+
+    def initializer(shape: Any, dtype: Any = None) -> tf.Tensor:
+        return tf.eye(shape[-1], batch_shape=shape[:-2], dtype=dtype) * scale
+
+    return initializer
+
+
+class ClassificationGroup:
+    """Prior variables and per-step math of one group (variables owned by `owner`).
+
+    Args:
+        prefix: variable name prefix ("binary" or the multiclass task's name).
+        task_units: the group's tasks and their outputs (classes for a multiclass head).
+        multiclass: one softmax head (True) or a set of independent binary outputs (False).
+    """
+
+    def __init__(self, owner: keras.layers.Layer, prefix: str, task_units: Mapping[str, int], dim: int,
+                 prior_variance: float, dtype: str, multiclass: bool) -> None:
+        self.task_units = dict(task_units)
+        self.multiclass = multiclass
+        self.prior_variance = prior_variance
+        self.dtype = dtype
+        self.label_columns = sum(self.task_units.values())
+        width = dim + 1
+        self.blocks, self.block_size = (1, self.label_columns * width) if multiclass else (self.label_columns, width)
+
+        def state(name: str, shape: tuple[int, ...], initializer: Any = "zeros") -> keras.Variable:
+            return owner.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False)
+
+        size = self.block_size
+        self.prior_precision = state(f"{prefix}_prior_precision", (self.blocks, size, size), _batched_identity(1.0 / prior_variance))
+        self.prior_mean = state(f"{prefix}_prior_mean", (self.blocks, size))
+
+    def labels(self, labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """The group's label columns side by side: [B, label_columns]."""
+        return tf.concat([tf.cast(labels[name], tf.float32) for name in self.task_units], axis=1)
+
+    def weights(self, head_weights: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Current head weights as blocks [M, n] (multiclass: flattened row-major in (class, feature))."""
+        stacked = tf.concat([tf.cast(head_weights[name], self.dtype) for name in self.task_units], axis=0)
+        return tf.reshape(stacked, [1, -1]) if self.multiclass else stacked
+
+    def curvature(self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> classification.Curvature:
+        if self.multiclass:
+            return classification.multiclass_curvature(features, labels, tf.reshape(weights, [self.label_columns, -1]))
+        return classification.binary_curvature(features, labels, weights)
+
+    def moments(self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, num_samples: int,
+                seed: tf.Tensor) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
+        """Per task: gradient moments [B, units or 1, D] under the batch posterior, and whether it factored."""
+        labels = tf.cast(labels, self.dtype)
+        posterior = classification.newton_posterior(
+            self.curvature(features, labels, weights),
+            weights,
+            tf.convert_to_tensor(self.prior_precision),
+            tf.convert_to_tensor(self.prior_mean),
+        )
+        if self.multiclass:
+            (name,) = self.task_units
+            moments = classification.multiclass_gradient_moments(posterior, features, labels, num_samples, seed)
+            return {name: moments}, {name: tf.reduce_all(posterior.ok)}
+        moments = classification.binary_gradient_moments(posterior, features, labels, num_samples, seed)
+        split, ok, start = {}, {}, 0
+        for name, units in self.task_units.items():
+            split[name] = GradientMoments(moments.mean[:, start : start + units], moments.variance[:, start : start + units])
+            ok[name] = tf.reduce_all(posterior.ok[start : start + units])
+            start += units
+        return split, ok
+
+    def refresh(self, features: np.ndarray, labels: np.ndarray, weights: tf.Tensor) -> None:
+        """Prior of the next epoch: the Newton posterior over all rows at `weights`, prior N(0, γI)."""
+        total = None
+        for start in range(0, len(features), FULL_DATA_CHUNK_ROWS):
+            chunk = self.curvature(
+                tf.constant(features[start : start + FULL_DATA_CHUNK_ROWS], self.dtype),
+                tf.constant(labels[start : start + FULL_DATA_CHUNK_ROWS], self.dtype),
+                weights,
+            )
+            total = chunk if total is None else classification.add_curvatures(total, chunk)
+        prior = classification.isotropic_prior(self.blocks, self.block_size, self.prior_variance, self.dtype)
+        posterior = classification.newton_posterior(total, weights, *prior)
+        self._check(posterior.ok.numpy())
+        self.prior_precision.assign(posterior.precision)
+        self.prior_mean.assign(posterior.mean)
+
+    def _check(self, block_ok: np.ndarray) -> None:
+        start = 0
+        for name, units in self.task_units.items():
+            blocks = 1 if self.multiclass else units
+            if not block_ok[start : start + blocks].all():
+                raise FloatingPointError(
+                    f"BayesAgg: the full-data posterior precision of task '{name}' could not be factored even with "
+                    "jitter; the trunk's representation or the head's weights have non-finite or huge values."
+                )
+            start += blocks

@@ -1,0 +1,63 @@
+"""How much memory BayesAgg's state and one step take, estimated from the task layout.
+
+Checked before any variable is allocated, so a layout that would exhaust memory is refused
+with a message that says what it would take and which knob lowers it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.tasks import Binary, Multiclass, Regression
+
+ASSUMED_BATCH = 256
+GIB = 2.0**30
+
+
+class MemoryItem(NamedTuple):
+    what: str
+    bytes: float
+    knob: str
+
+
+def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = ASSUMED_BATCH) -> list[MemoryItem]:
+    """State plus per-step working memory of each group of tasks, in bytes (dominant terms)."""
+    dim, width = layout.representation_dim, layout.representation_dim + 1
+    items = []
+    outputs = sum(task.units for task in layout.tasks.values() if isinstance(task, Regression))
+    if outputs:
+        # Three D×D state matrices, the D×D posterior of a step with B >= D, the rank-B update otherwise.
+        items.append(MemoryItem("regression tasks", itemsize * (5 * dim * dim + 3 * batch * dim + 2 * outputs * dim),
+                                "a smaller representation dimension D"))
+    binary = sum(task.units for task in layout.tasks.values() if isinstance(task, Binary))
+    if binary:
+        blocks = binary * width * width * 4  # prior, GGN, precision, factor
+        draws = 3 * binary * (width + batch) * num_samples  # sampled weights and residuals
+        items.append(MemoryItem("binary tasks", itemsize * (blocks + draws), "fewer num_samples or a smaller D"))
+    for name, task in layout.tasks.items():
+        if isinstance(task, Multiclass):
+            classes, size = task.num_classes, task.num_classes * width
+            pairs = classes * (classes + 1) // 2
+            matrices = 5 * size * size  # prior, class grams, GGN, precision, factor
+            draws = num_samples * (2 * size + pairs * dim + batch * (pairs + 2 * classes))
+            items.append(MemoryItem(f"multiclass task '{name}' ({classes} classes)", itemsize * (matrices + draws),
+                                    "fewer num_samples (per-step memory grows as S·C²·(B + D)), fewer classes or a smaller D"))
+    return items
+
+
+def refuse_if_too_large(layout: TaskLayout, num_samples: int, itemsize: int, limit_gb: float | None) -> None:
+    """Raise a MemoryError naming the largest part when the estimate exceeds `limit_gb` GiB."""
+    if limit_gb is None:
+        return
+    items = estimate(layout, num_samples, itemsize)
+    total = sum(item.bytes for item in items)
+    if total <= limit_gb * GIB:
+        return
+    largest = max(items, key=lambda item: item.bytes)
+    raise MemoryError(
+        f"BayesAgg would need about {total / GIB:.1f} GiB for its state and one step (estimated at batch size "
+        f"{ASSUMED_BATCH}, num_samples={num_samples}), above memory_limit_gb={limit_gb:g}. The largest part is the "
+        f"{largest.what}: {largest.bytes / GIB:.1f} GiB; to lower it use {largest.knob}. "
+        "Pass memory_limit_gb=None to skip this check."
+    )

@@ -1,0 +1,59 @@
+"""Building a MultiTaskModel from what the data says about its inputs, before the first step.
+
+One symbolic call records the input signature that `model.export` needs, and builds everything
+the first step would otherwise create while tracing (so callbacks see built state).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+
+class InputSpec(NamedTuple):
+    shape: tuple[int | None, ...]
+    dtype: Any
+
+
+def _keras_tensors(specs: Any) -> Any:
+    """`InputSpec`s, possibly nested in dicts/lists, to KerasTensors with a free batch size."""
+    if isinstance(specs, InputSpec):
+        shape, dtype = specs
+        return keras.KerasTensor((None,) + tuple(shape[1:]), dtype=keras.backend.standardize_dtype(tf.as_dtype(dtype).name))
+    if isinstance(specs, dict):
+        return {key: _keras_tensors(value) for key, value in specs.items()}
+    if isinstance(specs, (list, tuple)):
+        return type(specs)(_keras_tensors(value) for value in specs)
+    raise TypeError(f"Cannot build MultiTaskModel from inputs described as {specs!r}.")
+
+
+def build_symbolically(model: keras.Model, specs: Any) -> None:
+    with model.distribute_strategy.scope():
+        model(_keras_tensors(specs))
+
+
+def input_spec_of(x: Any) -> Any:
+    """The input specs of a dataset of (x, y) or of an array, or None when they cannot be seen."""
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        return keras.tree.map_structure(lambda s: InputSpec(tuple(s.shape), s.dtype), spec)
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return InputSpec((None,) + tuple(x.shape[1:]), x.dtype)
+    return None
+
+
+def representation_dim(trunk: keras.layers.Layer, input_shape: Any, dtype: str) -> int:
+    """D of the trunk's rank-2 output (batch, D), or a clear error."""
+    if not trunk.built:
+        trunk.build(input_shape)
+    spec = trunk.compute_output_spec(keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, dtype=dtype), input_shape))
+    shape = tuple(spec.shape) if hasattr(spec, "shape") else None
+    if shape is None or len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            "The trunk must return one rank-2 representation of shape (batch, D) with D known; "
+            f"got {spec if shape is None else shape}. Add a Flatten or pooling layer at the end of the trunk."
+        )
+    return int(shape[-1])

@@ -1,0 +1,145 @@
+"""Losses, task gradients and the routing of an aggregation into (gradient, variable) pairs.
+
+Shapes: B samples, K task units (layout order), D = dim(h), P = trunk parameters (flattened).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bayesagg.aggregators.base import (
+    Aggregation,
+    Aggregator,
+    AggregatorInputs,
+    ObjectiveAggregation,
+    ParameterAggregation,
+    RepresentationAggregation,
+)
+from keras_bayesagg.tasks import Task
+
+
+def per_sample_unit_losses(
+    tasks: Mapping[str, Task], labels: Mapping[str, tf.Tensor], logits: Mapping[str, tf.Tensor]
+) -> tf.Tensor:
+    """ℓ_ik for every sample i and task unit k: [B, K]."""
+    return tf.concat([task.per_sample_losses(labels[name], logits[name]) for name, task in tasks.items()], axis=1)
+
+
+def per_sample_task_gradients(
+    tasks: Mapping[str, Task],
+    labels: Mapping[str, tf.Tensor],
+    logits: Mapping[str, tf.Tensor],
+    kernels: Mapping[str, tf.Tensor],
+) -> tf.Tensor:
+    """∂ℓ_ik/∂h_i: [B, K, D], exact for linear heads z = h·kernel + b (no extra backward pass)."""
+    pieces = []
+    for name, task in tasks.items():
+        residuals = task.logit_gradients(labels[name], tf.stop_gradient(logits[name]))
+        pieces.append(task.representation_gradients(residuals, tf.stop_gradient(kernels[name])))
+    return tf.concat(pieces, axis=1)
+
+
+def per_unit_parameter_gradients(
+    tape: tf.GradientTape, unit_losses: tf.Tensor, variables: Sequence[tf.Variable]
+) -> tf.Tensor:
+    """[K, P]: each task unit's mean loss differentiated w.r.t. all `variables`, flattened.
+
+    One backward pass through the trunk per unit (the cost of parameter-level methods).
+    """
+    rows = []
+    per_unit = tf.unstack(unit_losses)  # recorded, so each unit's loss stays connected to the variables
+    with tape.stop_recording():
+        for loss in per_unit:
+            gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            rows.append(flatten(gradients))
+    return tf.stack(rows)
+
+
+def flatten(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
+
+
+def unflatten(flat: tf.Tensor, variables: Sequence[tf.Variable]) -> list[tf.Tensor]:
+    """The inverse of `flatten` for tensors shaped like `variables` (in their dtypes)."""
+    pieces, start = [], 0
+    for variable in variables:
+        size = int(np.prod(variable.shape))
+        pieces.append(tf.cast(tf.reshape(flat[start : start + size], variable.shape), variable.dtype))
+        start += size
+    return pieces
+
+
+def aggregator_inputs(
+    aggregator: Aggregator,
+    tape: tf.GradientTape,
+    tasks: Mapping[str, Task],
+    labels: Mapping[str, tf.Tensor],
+    logits: Mapping[str, tf.Tensor],
+    losses: tf.Tensor,
+    representation: tf.Tensor,
+    kernels: Mapping[str, tf.Tensor],
+    head_weights: Mapping[str, tf.Tensor],
+    trunk_variables: Sequence[tf.Variable],
+) -> AggregatorInputs:
+    """What the aggregator sees (tensors only); task or parameter gradients only when it asks for them."""
+    task_gradients = parameter_gradients = None
+    if aggregator.needs_task_gradients:
+        task_gradients = per_sample_task_gradients(tasks, labels, logits, kernels)
+    if aggregator.needs_parameter_gradients:
+        parameter_gradients = per_unit_parameter_gradients(tape, losses, trunk_variables)
+    return AggregatorInputs(
+        losses=losses,
+        representation=tf.stop_gradient(representation),
+        task_gradients=task_gradients,
+        labels=dict(labels),
+        head_weights=dict(head_weights),
+        parameter_gradients=parameter_gradients,
+    )
+
+
+def scaled_objectives(
+    aggregation: Aggregation, regularization: tf.Tensor | None, scale: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """((objective + regularization)·scale, regularization·scale): call under the tape, for `route`."""
+    objective = aggregation.objective if regularization is None else aggregation.objective + regularization
+    return objective * scale, None if regularization is None else regularization * scale
+
+
+def route(
+    aggregation: Aggregation,
+    tape: tf.GradientTape,
+    representation: tf.Tensor,
+    scaled_objective: tf.Tensor,
+    scaled_regularization: tf.Tensor | None,
+    trunk_variables: Sequence[tf.Variable],
+    other_variables: Sequence[tf.Variable],
+    scale: tf.Tensor,
+) -> list[tf.Tensor | None]:
+    """Gradients for `trunk_variables + other_variables` (heads and the aggregator's own).
+
+    `scaled_objective` = (objective + regularization)·scale and `scaled_regularization` =
+    regularization·scale must be computed under the (persistent) tape; `scale` is the loss scale of
+    mixed precision times 1/replicas. The objective trains the other variables in every case; the
+    trunk gets, by the kind of aggregation: the gradient of that objective, the back-propagated
+    representation gradient, or the given parameter gradient (plus the regularization's gradient).
+    """
+    if isinstance(aggregation, ObjectiveAggregation):
+        return tape.gradient(scaled_objective, list(trunk_variables) + list(other_variables))
+    others = tape.gradient(scaled_objective, list(other_variables))
+    if isinstance(aggregation, RepresentationAggregation):
+        targets = [representation]
+        output_gradients = [tf.cast(aggregation.representation_gradient * scale, representation.dtype)]
+        if scaled_regularization is not None:
+            targets.append(scaled_regularization)
+            output_gradients.append(tf.ones_like(scaled_regularization))
+        return tape.gradient(targets, list(trunk_variables), output_gradients=output_gradients) + others
+    if isinstance(aggregation, ParameterAggregation):
+        trunk = unflatten(aggregation.parameter_gradient * scale, trunk_variables)
+        if scaled_regularization is not None:
+            extra = tape.gradient(scaled_regularization, list(trunk_variables))
+            trunk = [g if e is None else g + tf.cast(e, g.dtype) for g, e in zip(trunk, extra)]
+        return trunk + others
+    raise TypeError(f"Unknown aggregation {type(aggregation).__name__}; aggregators return one of the three kinds in base.py.")
