@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bayesagg.bayes import classification, inverse_from_cholesky, inverse_variance_aggregate, regression, safe_cholesky
+from keras_bayesagg.bayes import (
+    classification,
+    inverse_from_cholesky,
+    inverse_variance_aggregate,
+    regression,
+    safe_cholesky,
+)
 
 MC_SAMPLES = 65_536
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bayesagg.bayes import inverse_from_cholesky, inverse_variance_aggregate, regression, safe_cholesky, tempered_variance
+from keras_bayesagg.bayes import (
+    inverse_from_cholesky,
+    inverse_variance_aggregate,
+    regression,
+    safe_cholesky,
+    tempered_variance,
+)
 
 
 def _reference_posteriors(reference: dict[str, np.ndarray], dtype: tf.DType):

@@ -48,6 +48,26 @@ SCRIPT = textwrap.dedent(
         assert "BayesAgg does not support tf.distribute" in str(error), error
     else:
         raise AssertionError("BayesAgg should refuse a multi-replica strategy")
+    # A bad label on any replica skips the step everywhere: weights, Adam's slots and the
+    # iteration counter stay exactly as they were.
+    with mirrored.scope():
+        keras.utils.set_random_seed(0)
+        trunk = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="elu")])
+        model = kb.MultiTaskModel(trunk, {name: make() for name, make in MIXED_TASKS.items()})
+        model.compile(optimizer="adam")
+    model.fit(dataset, epochs=1, verbose=0)
+    state = lambda: [np.array(v.numpy()) for v in list(model.weights) + list(model.optimizer.variables)]
+    before = state()
+    bad = {name: labels.copy() for name, labels in y.items()}
+    bad["kind"][40] = 9  # in the second half of the first batch: one replica sees it
+    try:
+        model.fit(tf.data.Dataset.from_tensor_slices((x, bad)).batch(64), epochs=1, verbose=0)
+    except ValueError as error:
+        assert "Task 'kind'" in str(error), error
+    else:
+        raise AssertionError("a bad label should stop fit")
+    for a, b in zip(before, state()):
+        np.testing.assert_array_equal(a, b)
     print("OK")
     """
 )

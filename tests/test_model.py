@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,8 @@ import tensorflow as tf
 
 import keras_bayesagg as kb
 from tests.conftest import make_mixed_model, mixed_dataset, mixed_task_data
+
+DATA = pathlib.Path(__file__).parent / "data"
 
 
 def _regression_model(seed: int = 0) -> kb.MultiTaskModel:
@@ -85,7 +88,7 @@ def test_keras_round_trip_keeps_predictions_aggregator_and_prior(tmp_path):
     for key in ("value", "pair"):
         np.testing.assert_allclose(restored.predict(x[:16], verbose=0)[key], model.predict(x[:16], verbose=0)[key], rtol=1e-6)
     np.testing.assert_allclose(
-        restored.aggregator.regression_prior_precision.numpy(), model.aggregator.regression_prior_precision.numpy()
+        restored.aggregator.regression.prior_precision.numpy(), model.aggregator.regression.prior_precision.numpy()
     )
     assert int(restored.aggregator.completed_epochs.numpy()) == 2
     restored.fit(ds, epochs=1, verbose=0)  # training goes on from the restored state
@@ -214,9 +217,9 @@ def test_bad_task_definitions():
         kb.MultiTaskModel(trunk, {"x": "regression"})
     with pytest.raises(ValueError, match="at least 2 classes"):
         kb.tasks.Multiclass(1)
-    with pytest.raises(ValueError, match="positive whole number"):
+    with pytest.raises(ValueError, match="units must be a whole number >= 1"):
         kb.tasks.Binary(0)
-    with pytest.raises(ValueError, match="prior_variance must be > 0"):
+    with pytest.raises(ValueError, match="prior_variance must be a finite number > 0"):
         kb.BayesAgg(prior_variance=0.0)
     with pytest.raises(ValueError, match=r"regression_power must be in \(0, 1\]"):
         kb.BayesAgg(regression_power=2.0)
@@ -255,3 +258,49 @@ def test_weight_checkpoints_written_by_callbacks_carry_the_refreshed_prior(tmp_p
     x, _ = mixed_task_data(num_samples=8)
     for key, value in model.predict(x, verbose=0).items():
         np.testing.assert_allclose(fresh.predict(x, verbose=0)[key], value, rtol=1e-6)
+
+
+class _CountingAggregator(kb.aggregators.LinearScalarization):
+    """Linear scalarization that counts its hook calls."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = {"begin_epoch": 0, "end_batch": 0, "end_epoch": 0}
+
+    def begin_epoch(self):
+        self.calls["begin_epoch"] += 1
+
+    def end_batch(self):
+        self.calls["end_batch"] += 1
+
+    def end_epoch(self, head_weights):
+        self.calls["end_epoch"] += 1
+
+
+def test_fit_with_validation_data_runs_the_same_callbacks_every_epoch():
+    model = make_mixed_model()
+    aggregator = _CountingAggregator()
+    model.compile(optimizer="adam", aggregator=aggregator)
+    guards = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            guards.append(dict(aggregator.calls))
+
+    model.fit(mixed_dataset(num_samples=256), validation_data=mixed_dataset(num_samples=128), epochs=5, verbose=0,
+              callbacks=[Watch()])
+    # 4 batches an epoch: each hook runs once per epoch (per batch) however many validations came before.
+    assert [g["end_epoch"] for g in guards] == [1, 2, 3, 4, 5]
+    assert [g["begin_epoch"] for g in guards] == [1, 2, 3, 4, 5]
+    assert [g["end_batch"] for g in guards] == [4, 8, 12, 16, 20]
+
+
+def test_models_saved_by_version_0_1_0_still_load():
+    data = np.load(DATA / "v0_1_0_predictions.npz")
+    for label in ("bayesagg", "linear"):
+        model = keras.models.load_model(DATA / f"v0_1_0_{label}.keras")
+        predictions = model.predict(data["x"], verbose=0)
+        for task, values in predictions.items():
+            np.testing.assert_allclose(values, data[f"{label}/{task}"], rtol=1e-5, atol=1e-6, err_msg=f"{label}/{task}")
+        assert isinstance(model.aggregator, kb.BayesAgg if label == "bayesagg" else kb.aggregators.LinearScalarization)
+    model.fit(tf.data.Dataset.from_tensor_slices(mixed_task_data(num_samples=128)).batch(64), epochs=1, verbose=0)
