@@ -4,7 +4,8 @@
     python examples/paper/cifar_mtl.py --smoke       # mock data, tiny network, seconds
 
 Reports class-assignment accuracy (argmax over the 20 outputs, the paper's number) and mean AUC.
-The data set is one `Binary(20)` task, so the Δm baseline is linear scalarization by default.
+The data set is one `Binary(20)` task, so the Δm baseline is linear scalarization by default
+(`single-task` would train that same one-entry model).
 """
 
 from __future__ import annotations

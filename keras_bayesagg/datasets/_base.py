@@ -20,7 +20,8 @@ class MultiTaskData:
 
     Attributes:
         train, validation, test: batched, prefetched `tf.data` pipelines of `(x, {task: labels})`;
-            `train` reshuffles every epoch from `seed`, the other two keep their order.
+            `train` reshuffles every epoch from `seed` (TensorFlow mixes in its global seed when one is
+            set, e.g. by `keras.utils.set_random_seed`, before the loader is called); the other two keep their order.
         tasks: the `tasks` dict for `MultiTaskModel` (fresh Task objects are cheap; this one is shared).
         higher_is_better: `{task: {metric name: bool}}`, the structure `kb.metrics.delta_m` reads.
         num_examples: examples per split (`None` where a split's size is unknown without a pass over it).
