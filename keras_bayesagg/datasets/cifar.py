@@ -54,6 +54,16 @@ def _metrics() -> dict[str, list[Any]]:
     }
 
 
+def _split_size(data_dir: str | os.PathLike | None) -> int | None:
+    """Examples in the prepared TFDS train split, or None when the metadata does not say (e.g. mock data)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return int(tfds.builder("cifar100", data_dir=data_dir).info.splits["train"].num_examples)
+    except (KeyError, ValueError, OSError):  # no prepared metadata: the size stays unknown to tf.data
+        return None
+
+
 def cifar_mtl(
     batch_size: int = 128,
     seed: int = 0,
@@ -71,8 +81,13 @@ def cifar_mtl(
     mask = tf.constant(validation_mask(validation_size, split_seed))
     train_all = load_split("cifar100", "train", data_dir, download)
 
+    size = _split_size(data_dir)
+
     def part(held_out: bool) -> tf.data.Dataset:
         chosen = train_all.enumerate().filter(lambda i, _: tf.gather(mask, i % CIFAR100_TRAIN_SIZE) == held_out)
+        if size == CIFAR100_TRAIN_SIZE:  # the filter hides the size; tell Keras (progress bar, no "ran out of data")
+            count = validation_size if held_out else CIFAR100_TRAIN_SIZE - validation_size
+            chosen = chosen.apply(tf.data.experimental.assert_cardinality(count))
         return chosen.map(lambda _, features: _example(features), num_parallel_calls=tf.data.AUTOTUNE)
 
     test = load_split("cifar100", "test", data_dir, download).map(_example, num_parallel_calls=tf.data.AUTOTUNE)
