@@ -223,3 +223,15 @@ def test_chestxray14_without_label_file_says_which_file(tmp_path):
     _write_image(tmp_path / "images" / "00000001_000.png", 1, png=True)
     with pytest.raises(FileNotFoundError, match=r"Data_Entry_2017\.csv"):
         kb.datasets.chestxray14(tmp_path)
+
+
+def test_cifar_mtl_reports_split_sizes_to_keras_when_the_prepared_split_is_complete(monkeypatch):
+    from keras_bayesagg.datasets import cifar
+
+    monkeypatch.setattr(cifar, "_split_size", lambda data_dir: CIFAR100_TRAIN_SIZE)
+    with tfds.testing.mock_data(policy=USE_CODE, as_dataset_fn=_cifar_split):
+        data = kb.datasets.cifar_mtl(batch_size=100)
+    assert [int(d.cardinality()) for d in (data.train, data.validation)] == [450, 50]
+    monkeypatch.setattr(cifar, "_split_size", lambda data_dir: None)
+    with tfds.testing.mock_data(policy=USE_CODE, as_dataset_fn=_cifar_split):
+        assert int(kb.datasets.cifar_mtl(batch_size=100).train.cardinality()) == tf.data.UNKNOWN_CARDINALITY
