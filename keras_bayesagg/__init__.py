@@ -1,8 +1,8 @@
 """keras-bayesagg: BayesAgg-MTL and baseline multi-task aggregators for Keras 3 (TensorFlow backend)."""
 
-from keras_bayesagg import aggregators, bayes, callbacks, metrics, tasks
+from keras_bayesagg import aggregators, bayes, callbacks, datasets, metrics, models, tasks
 from keras_bayesagg.aggregators import BayesAgg
 from keras_bayesagg.model import MultiTaskModel
 
 __version__ = "0.1.0"
-__all__ = ["BayesAgg", "MultiTaskModel", "aggregators", "bayes", "callbacks", "metrics", "tasks", "__version__"]
+__all__ = ["BayesAgg", "MultiTaskModel", "__version__", "aggregators", "bayes", "callbacks", "datasets", "metrics", "models", "tasks"]
