@@ -135,8 +135,7 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
             if "skip" in directives:
                 skipped.append(f"{snippet.where}: {directives['skip']}")
                 continue
-            if "requires" in directives:
-                module = directives["requires"]
+            for module in (argument for name, argument in snippet.directives if name == "requires"):
                 try:
                     importlib.import_module(module)
                 except ImportError as error:
@@ -156,3 +155,14 @@ def test_directives_are_checked():
     with pytest.raises(ValueError, match="replace OLD => NEW"):
         parse_directive("replace epochs=100", "x.md:1")
     assert parse_directive("replace epochs=100 => epochs=2", "x.md:1") == ("replace", "epochs=100 => epochs=2")
+
+
+def test_replace_changes_the_code_and_tracebacks_point_at_the_page(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Text.\n\n<!-- snippet: replace = 1 => = 2 -->\n```python\nvalue = 1\nraise RuntimeError(value)\n```\n")
+    (snippet,) = python_snippets(page)
+    namespace: dict = {}
+    with pytest.raises(RuntimeError) as raised:
+        run_snippet(snippet, namespace)
+    assert namespace["value"] == 2
+    assert raised.traceback[-1].lineno + 1 == 6  # 0-based in pytest's traceback; line 6 of the page
