@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: demo test lint test-slow bench install clean
+.PHONY: demo test lint test-slow bench docs install clean
 
 install: $(STAMP)
 
@@ -29,5 +30,13 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e ".[test,docs]"
+	touch $(DOCS_STAMP)
+
+# The documentation site (mkdocs.yml, docs/) into site/; warnings are errors.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -36,7 +36,7 @@ FACTORIES: dict[str, Callable[..., kb.aggregators.Aggregator]] = {
     "pcgrad": functools.partial(PCGrad, seed=1),
     "cagrad": CAGrad,
     "imtlg": IMTLG,
-    "nash": NashMTL,
+    "nash": functools.partial(NashMTL, max_norm=None),  # the properties below are of the unclipped direction
     "aligned": AlignedMTL,
 }
 # The direction a method gives for K identical gradients g, as a multiple of g.
@@ -323,7 +323,7 @@ def test_parameter_level_combines_parameter_gradients_the_same_way(name):
 
 # ---------------------------------------------------------------------- state and randomness
 def test_nash_mtl_recomputes_weights_only_every_n_steps():
-    aggregator = NashMTL(update_weights_every=3)
+    aggregator = NashMTL(update_weights_every=3, max_norm=None)  # α itself; clipping rescales it per step
     aggregator.build_for(layout(3))
 
     @tf.function(jit_compile=True)

@@ -59,7 +59,8 @@ class CAGrad(GradientCombination):
         rescale: "one_plus_c_squared" (authors' default), "one_plus_c" (identical gradients
             then give exactly their average) or "none".
         level: "representation" (default) or "parameters" (see `_gradient_methods`).
-        max_iterations, tolerance: Frank-Wolfe budget and duality-gap stop for the dual.
+        max_iterations: Frank-Wolfe budget for the dual.
+        tolerance: stop Frank-Wolfe when the duality gap of the dual is below this.
     """
 
     def __init__(
