@@ -15,7 +15,13 @@ import tensorflow as tf
 
 import keras_bayesagg as kb
 
-REFERENCE_PATH = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "bayesagg_reference.npz"
+# ../shared beside the repository; BAYESAGG_REFERENCE overrides it (git worktrees live elsewhere).
+REFERENCE_PATH = pathlib.Path(
+    os.environ.get(
+        "BAYESAGG_REFERENCE",
+        pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "bayesagg_reference.npz",
+    )
+)
 
 
 @pytest.fixture(scope="session")
