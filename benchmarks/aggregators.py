@@ -34,11 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from step_time import make_trunk, parse_tasks  # noqa: E402  (same folder)
 
 import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg import aggregators  # noqa: E402
 from keras_bayesagg.data import random_task_batch  # noqa: E402
-from step_time import make_trunk, parse_tasks  # noqa: E402  (same folder)
 
 BATCH = 128
 INPUT_SHAPE = (32, 32, 3)
@@ -143,9 +143,11 @@ def main() -> None:
     baseline = {mode: statistics.median(rows[0].seconds[mode]) for mode in modes if mode in rows[0].seconds}
     header = "| aggregator | " + " | ".join(f"{mode} ms/step | × LS ({mode})" for mode in modes) + " |"
     print()
-    print(f"Workload: conv trunk on 32×32×3, D = {REPRESENTATION_DIM}, heads Regression(1) + Multiclass(2) + "
-          f"Multiclass(5), batch {BATCH}; medians of {arguments.rounds}×{arguments.steps} steps; "
-          f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores.")
+    print(
+        f"Workload: conv trunk on 32×32×3, D = {REPRESENTATION_DIM}, heads Regression(1) + Multiclass(2) + "
+        f"Multiclass(5), batch {BATCH}; medians of {arguments.rounds}×{arguments.steps} steps; "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores."
+    )
     print()
     print(header)
     print("|---|" + "---:|---:|" * len(modes))

@@ -35,7 +35,9 @@ SHAPES = {
 
 def step_function(kind: str, samples: int):
     curvature_fn = classification.binary_curvature if kind == "binary" else classification.multiclass_curvature
-    moments_fn = classification.binary_gradient_moments if kind == "binary" else classification.multiclass_gradient_moments
+    moments_fn = (
+        classification.binary_gradient_moments if kind == "binary" else classification.multiclass_gradient_moments
+    )
 
     @tf.function(jit_compile=True)
     def step(features, labels, weights, flat_weights, prior_precision, prior_mean, seed):

@@ -41,13 +41,17 @@ def step_function(kind: str, method: str, samples: int, nodes: int):
             return posterior.mean, posterior.precision_factor
     elif method == "exact":
         exact_fn = (
-            exact_moments.binary_gradient_moments_exact if kind == "binary" else exact_moments.two_class_gradient_moments_exact
+            exact_moments.binary_gradient_moments_exact
+            if kind == "binary"
+            else exact_moments.two_class_gradient_moments_exact
         )
 
         def moments_fn(posterior, features, labels, seed):
             return exact_fn(posterior, features, labels, num_nodes=nodes)
     else:
-        sampled_fn = classification.binary_gradient_moments if kind == "binary" else classification.multiclass_gradient_moments
+        sampled_fn = (
+            classification.binary_gradient_moments if kind == "binary" else classification.multiclass_gradient_moments
+        )
 
         def moments_fn(posterior, features, labels, seed):
             return sampled_fn(posterior, features, labels, samples, seed)

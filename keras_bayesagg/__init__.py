@@ -5,4 +5,15 @@ from keras_bayesagg.aggregators import BayesAgg
 from keras_bayesagg.model import MultiTaskModel
 
 __version__ = "0.1.0"
-__all__ = ["BayesAgg", "MultiTaskModel", "__version__", "aggregators", "bayes", "callbacks", "datasets", "metrics", "models", "tasks"]
+__all__ = [
+    "BayesAgg",
+    "MultiTaskModel",
+    "__version__",
+    "aggregators",
+    "bayes",
+    "callbacks",
+    "datasets",
+    "metrics",
+    "models",
+    "tasks",
+]

@@ -21,7 +21,9 @@ def _keras_tensors(specs: Any) -> Any:
     """`InputSpec`s, possibly nested in dicts/lists, to KerasTensors with a free batch size."""
     if isinstance(specs, InputSpec):
         shape, dtype = specs
-        return keras.KerasTensor((None,) + tuple(shape[1:]), dtype=keras.backend.standardize_dtype(tf.as_dtype(dtype).name))
+        return keras.KerasTensor(
+            (None,) + tuple(shape[1:]), dtype=keras.backend.standardize_dtype(tf.as_dtype(dtype).name)
+        )
     if isinstance(specs, dict):
         return {key: _keras_tensors(value) for key, value in specs.items()}
     if isinstance(specs, (list, tuple)):
@@ -49,7 +51,9 @@ def representation_dim(trunk: keras.layers.Layer, input_shape: Any, dtype: str) 
     """D of the trunk's rank-2 output (batch, D), or a clear error."""
     if not trunk.built:
         trunk.build(input_shape)
-    spec = trunk.compute_output_spec(keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, dtype=dtype), input_shape))
+    spec = trunk.compute_output_spec(
+        keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, dtype=dtype), input_shape)
+    )
     shape = tuple(spec.shape) if hasattr(spec, "shape") else None
     if shape is None or len(shape) != 2 or shape[-1] is None:
         raise ValueError(

@@ -45,8 +45,12 @@ class LinearHead(keras.layers.Layer):
         locked = self._tracker.locked
         self._tracker.unlock()
         try:
-            self.override_kernel = self.add_weight(name="override_kernel", shape=shape, initializer="zeros", trainable=False)
-            self.override_active = self.add_weight(name="override_active", shape=(), initializer="zeros", trainable=False)
+            self.override_kernel = self.add_weight(
+                name="override_kernel", shape=shape, initializer="zeros", trainable=False
+            )
+            self.override_active = self.add_weight(
+                name="override_active", shape=(), initializer="zeros", trainable=False
+            )
         finally:
             if locked:
                 self._tracker.lock()

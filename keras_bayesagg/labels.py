@@ -55,8 +55,10 @@ def validation_label_spec(validation_data: Any) -> Any:
 def label_faults(tasks: Mapping[str, Task], labels: Mapping[str, tf.Tensor]) -> list[Fault]:
     """One in-graph check per task: its label *values* fit it (class in range, binary in [0, 1], finite)."""
     return [
-        Fault(~task.labels_valid(labels[name]),
-              f"Task '{name}' ({task.describe()}) got label values that do not fit it: {task.value_expectation()}.")
+        Fault(
+            ~task.labels_valid(labels[name]),
+            f"Task '{name}' ({task.describe()}) got label values that do not fit it: {task.value_expectation()}.",
+        )
         for name, task in tasks.items()
     ]
 
@@ -66,10 +68,12 @@ def loss_faults(tasks: Mapping[str, Task], per_sample_losses: tf.Tensor) -> list
     faults, start = [], 0
     for name, task in tasks.items():
         stop = start + task.num_task_units
-        faults.append(Fault(
-            ~all_finite([per_sample_losses[:, start:stop]]),
-            f"The loss of task '{name}' ({task.describe()}) is not finite: labels or predictions too large for "
-            "float32 (e.g. a target of 1e30) or a diverged model.",
-        ))
+        faults.append(
+            Fault(
+                ~all_finite([per_sample_losses[:, start:stop]]),
+                f"The loss of task '{name}' ({task.describe()}) is not finite: labels or predictions too large for "
+                "float32 (e.g. a target of 1e30) or a diverged model.",
+            )
+        )
         start = stop
     return faults

@@ -53,9 +53,13 @@ def delta_m(
             reference = float(baseline[metric])
             value = float(value)
             if not (math.isfinite(value) and math.isfinite(reference)):
-                raise ValueError(f"delta_m: task '{task}', metric '{metric}': values must be finite; got {value} vs {reference}.")
+                raise ValueError(
+                    f"delta_m: task '{task}', metric '{metric}': values must be finite; got {value} vs {reference}."
+                )
             if reference == 0.0:
-                raise ValueError(f"delta_m: the single-task baseline of task '{task}', metric '{metric}' is 0; Δm divides by it.")
+                raise ValueError(
+                    f"delta_m: the single-task baseline of task '{task}', metric '{metric}' is 0; Δm divides by it."
+                )
             sign = -1.0 if _higher_is_better(task, metric, higher_is_better) else 1.0
             changes.append(sign * (value - reference) / reference)
         per_task.append(sum(changes) / len(changes))

@@ -21,8 +21,16 @@ from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
-_COMPILE_ARGUMENTS = ("optimizer", "aggregator", "metrics", "weighted_metrics", "run_eagerly", "steps_per_execution",
-                      "jit_compile", "auto_scale_loss")
+_COMPILE_ARGUMENTS = (
+    "optimizer",
+    "aggregator",
+    "metrics",
+    "weighted_metrics",
+    "run_eagerly",
+    "steps_per_execution",
+    "jit_compile",
+    "auto_scale_loss",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -39,7 +47,9 @@ class MultiTaskModel(keras.Model):
     def __init__(self, trunk: keras.layers.Layer, tasks: Mapping[str, Task], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(trunk, keras.layers.Layer):
-            raise TypeError(f"trunk must be a Keras layer or model mapping x to a representation h; got {type(trunk).__name__}.")
+            raise TypeError(
+                f"trunk must be a Keras layer or model mapping x to a representation h; got {type(trunk).__name__}."
+            )
         check_task_dict(tasks)
         self.trunk = trunk
         self.task_specs: dict[str, Task] = dict(tasks)
@@ -84,7 +94,9 @@ class MultiTaskModel(keras.Model):
     def _representation(self, inputs: Any, training: bool | None) -> tf.Tensor:
         h = self.trunk(inputs, training=training)
         if not isinstance(h, (tf.Tensor, keras.KerasTensor)) or len(h.shape) != 2:
-            raise ValueError(f"The trunk must return one rank-2 tensor (batch, D); got {getattr(h, 'shape', type(h).__name__)}.")
+            raise ValueError(
+                f"The trunk must return one rank-2 tensor (batch, D); got {getattr(h, 'shape', type(h).__name__)}."
+            )
         return h
 
     def _logits(self, h: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -101,8 +113,13 @@ class MultiTaskModel(keras.Model):
         return {name: head.weight_matrix() for name, head in self.heads.items()}
 
     # ------------------------------------------------------------------ compile
-    def compile(self, optimizer: Any = "rmsprop", aggregator: Aggregator | str | dict | None = None,
-                metrics: Mapping[str, Any] | None = None, **keras_arguments: Any) -> None:
+    def compile(
+        self,
+        optimizer: Any = "rmsprop",
+        aggregator: Aggregator | str | dict | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        **keras_arguments: Any,
+    ) -> None:
         """Keras's `compile` plus `aggregator=`; losses come from the task kinds."""
         if "loss" in keras_arguments or "loss_weights" in keras_arguments:
             raise ValueError(
@@ -111,10 +128,16 @@ class MultiTaskModel(keras.Model):
             )
         unknown = sorted(set(keras_arguments) - set(_COMPILE_ARGUMENTS))
         if unknown:
-            raise TypeError(f"MultiTaskModel.compile() got unknown argument(s) {unknown}; it accepts {list(_COMPILE_ARGUMENTS)}.")
+            raise TypeError(
+                f"MultiTaskModel.compile() got unknown argument(s) {unknown}; it accepts {list(_COMPILE_ARGUMENTS)}."
+            )
         aggregator = resolve_aggregator(aggregator)
-        keras_arguments["weighted_metrics"] = resolve_metrics(self.task_specs, keras_arguments.get("weighted_metrics"), "weighted_metrics")
-        super().compile(optimizer=optimizer, metrics=resolve_metrics(self.task_specs, metrics, "metrics"), **keras_arguments)
+        keras_arguments["weighted_metrics"] = resolve_metrics(
+            self.task_specs, keras_arguments.get("weighted_metrics"), "weighted_metrics"
+        )
+        super().compile(
+            optimizer=optimizer, metrics=resolve_metrics(self.task_specs, metrics, "metrics"), **keras_arguments
+        )
         self._compiled_parts = CompiledParts(aggregator)
         if self.representation_dim is not None:
             self._prepare_training_state()
@@ -136,7 +159,9 @@ class MultiTaskModel(keras.Model):
         if not self.built:
             build_symbolically(self, keras.tree.map_structure(lambda t: InputSpec(tuple(t.shape), t.dtype), x))
         if sample_weight is not None:
-            raise ValueError("MultiTaskModel does not support sample_weight / class_weight yet; weigh tasks with an aggregator.")
+            raise ValueError(
+                "MultiTaskModel does not support sample_weight / class_weight yet; weigh tasks with an aggregator."
+            )
         return x, label_checks.prepare_labels(self.task_specs, y)
 
     def _regularization(self) -> tf.Tensor | None:
@@ -165,17 +190,29 @@ class MultiTaskModel(keras.Model):
         del tape
         sound = self._record_faults(labels, h32, per_sample, aggregation.faults, grads)
         variables = trunk_variables + other_variables
-        apply_if(sound, lambda g: self.optimizer.apply_gradients(zip(g, variables)), grads,
-                 commit=lambda: aggregator.commit(aggregation))
+        apply_if(
+            sound,
+            lambda g: self.optimizer.apply_gradients(zip(g, variables)),
+            grads,
+            commit=lambda: aggregator.commit(aggregation),
+        )
         return self._update_metrics(sound, x, labels, logits, per_sample)
 
-    def _record_faults(self, labels: dict, h32: tf.Tensor, per_sample: tf.Tensor, aggregator_faults: tuple = (),
-                       grads: list | None = None) -> tf.Tensor:
+    def _record_faults(
+        self,
+        labels: dict,
+        h32: tf.Tensor,
+        per_sample: tf.Tensor,
+        aggregator_faults: tuple = (),
+        grads: list | None = None,
+    ) -> tf.Tensor:
         """Record this step's first fault; True when the step may be applied. Under steps_per_execution > 1
         a recorded fault also blocks the rest of the execution, so the error describes the model as it is."""
         # A loss scale optimizer skips non-finite gradients itself (and lowers its scale).
         check_gradients = grads is not None and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        faults = step_faults(self.task_specs, labels, h32, per_sample, aggregator_faults, grads if check_gradients else None)
+        faults = step_faults(
+            self.task_specs, labels, h32, per_sample, aggregator_faults, grads if check_gradients else None
+        )
         record = self._compiled_parts.faults
         earlier = tf.not_equal(record.code, 0) if self.steps_per_execution > 1 else tf.constant(False)
         return tf.equal(record.record(faults), 0) & ~earlier
@@ -187,7 +224,9 @@ class MultiTaskModel(keras.Model):
 
         def update() -> tf.Tensor:
             for name in self.task_specs:
-                self.task_loss_trackers[name].update_state(tf.reduce_sum(losses[layout.unit_slice(name)]), sample_weight=batch_size)
+                self.task_loss_trackers[name].update_state(
+                    tf.reduce_sum(losses[layout.unit_slice(name)]), sample_weight=batch_size
+                )
             total = tf.reduce_sum(losses) + (0.0 if regularization is None else regularization)
             self._loss_tracker.update_state(total, sample_weight=batch_size)
             self.compute_metrics(x, labels, self._predictions(logits), sample_weight=None)
@@ -240,7 +279,9 @@ class MultiTaskModel(keras.Model):
         return super().fit(x, *args, callbacks=callbacks, validation_data=validation_data, **kwargs)
 
     def evaluate(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
-        return super().evaluate(*args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs)
+        return super().evaluate(
+            *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
+        )
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:

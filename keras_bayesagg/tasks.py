@@ -105,7 +105,9 @@ def _as_tensor(name: str, task: Task, labels: Any) -> tf.Tensor:
     try:
         tensor = tf.convert_to_tensor(labels)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"Task '{name}' ({task.describe()}): labels could not be converted to a tensor: {error}") from None
+        raise ValueError(
+            f"Task '{name}' ({task.describe()}): labels could not be converted to a tensor: {error}"
+        ) from None
     if tensor.dtype == tf.string:
         raise ValueError(f"Task '{name}' ({task.describe()}) expects numeric labels; got dtype string.")
     return tensor
@@ -193,7 +195,9 @@ class Multiclass(Task):
     def __init__(self, num_classes: int) -> None:
         super().__init__(num_classes)
         if self.units < 2:
-            raise ValueError(f"Multiclass needs at least 2 classes; got {num_classes!r}. Use Binary(1) for one yes/no task.")
+            raise ValueError(
+                f"Multiclass needs at least 2 classes; got {num_classes!r}. Use Binary(1) for one yes/no task."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -276,6 +280,10 @@ def check_task_dict(tasks: Any) -> None:
         raise ValueError("tasks must be a non-empty dict {name: kb.tasks.Regression() | Binary(n) | Multiclass(n)}.")
     for name, task in tasks.items():
         if not isinstance(name, str) or not _TASK_NAME.match(name):
-            raise ValueError(f"Task name {name!r} must be a string of letters, digits, '_', '.', '-' (not starting with a digit).")
+            raise ValueError(
+                f"Task name {name!r} must be a string of letters, digits, '_', '.', '-' (not starting with a digit)."
+            )
         if not isinstance(task, Task):
-            raise TypeError(f"Task '{name}' must be a kb.tasks.Regression, Binary or Multiclass instance; got {task!r}.")
+            raise TypeError(
+                f"Task '{name}' must be a kb.tasks.Regression, Binary or Multiclass instance; got {task!r}."
+            )

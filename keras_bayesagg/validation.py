@@ -22,8 +22,16 @@ def _real(owner: str, argument: str, value: Any, expectation: str) -> float:
     return float(value)
 
 
-def finite_float(owner: str, argument: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+def finite_float(
+    owner: str,
+    argument: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
     """A finite real number in the given range (bounds optional, inclusive by default)."""
     parts = ["a finite number"]
     if low is not None:
@@ -39,8 +47,14 @@ def finite_float(owner: str, argument: str, value: Any, *, low: float | None = N
     return number
 
 
-def positive_float(owner: str, argument: str, value: Any) -> float:
-    return finite_float(owner, argument, value, low=0.0, low_inclusive=False)
+def positive_float(owner: str, argument: str, value: Any, expectation: str | None = None) -> float:
+    """A finite number > 0 (`expectation` rewords the message when other values are accepted too)."""
+    try:
+        return finite_float(owner, argument, value, low=0.0, low_inclusive=False)
+    except ValueError:
+        if expectation is None:
+            raise
+        raise _fail(owner, argument, expectation, value) from None
 
 
 def nonnegative_float(owner: str, argument: str, value: Any) -> float:

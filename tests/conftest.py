@@ -33,7 +33,9 @@ def reference() -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def mixed_task_data(num_samples: int = 512, input_dim: int = 12, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def mixed_task_data(
+    num_samples: int = 512, input_dim: int = 12, seed: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Inputs and labels for a regression output, a set of 3 binary tasks and a 4-class task."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(num_samples, input_dim)).astype("float32")

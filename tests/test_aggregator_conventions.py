@@ -213,7 +213,9 @@ def test_nash_mtl_reported_weights_are_the_coefficients_of_the_clipped_direction
     aggregator = NashMTL(level="parameters")
     aggregator.build_for(layout())
     result = aggregator.aggregate(
-        AggregatorInputs(tf.zeros([2]), tf.zeros([1, 3]), None, {}, {}, {}, parameter_gradients=tf.constant(J, tf.float32))
+        AggregatorInputs(
+            tf.zeros([2]), tf.zeros([1, 3]), None, {}, {}, {}, parameter_gradients=tf.constant(J, tf.float32)
+        )
     )
     np.testing.assert_allclose(result.task_weights.numpy() @ J, result.parameter_gradient.numpy(), rtol=1e-5)
     # The bargaining weights kept for `update_weights_every` stay unclipped.
@@ -226,7 +228,9 @@ def test_nash_mtl_max_norm_compiles_under_xla_at_the_representation_level():
     aggregator.build_for(TaskLayout({"a": kb.tasks.Regression(), "b": kb.tasks.Regression()}, 3))
     step = tf.function(
         lambda g: (
-            aggregator.aggregate(AggregatorInputs(tf.zeros([2]), tf.zeros([4, 3]), g, {}, {}, {})).representation_gradient
+            aggregator.aggregate(
+                AggregatorInputs(tf.zeros([2]), tf.zeros([4, 3]), g, {}, {}, {})
+            ).representation_gradient
         ),
         jit_compile=True,
     )

@@ -65,7 +65,8 @@ def compiled(name: str, num_tasks: int, level: str = "representation", dim: int 
     @tf.function
     def run(gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         representation = level == "representation"
-        result = applied(aggregator,
+        result = applied(
+            aggregator,
             AggregatorInputs(
                 losses=tf.zeros([num_tasks]),
                 representation=tf.zeros([BATCH, dim]),
@@ -73,7 +74,7 @@ def compiled(name: str, num_tasks: int, level: str = "representation", dim: int 
                 parameter_gradients=None if representation else gradients,
                 labels={},
                 head_weights={},
-            )
+            ),
         )
         direction = result.representation_gradient if representation else result.parameter_gradient
         return direction, result.task_weights
@@ -194,7 +195,9 @@ def test_imtlg_projects_equally_on_every_task_direction(gradients):
     dots, _, task_gradients = inner_products("imtlg", gradients)
     _, weights = direction_and_weights("imtlg", gradients)
     projections = dots / np.linalg.norm(task_gradients, axis=1)
-    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-3, atol=1e-4 * np.abs(task_gradients).max() * 1e-2)
+    np.testing.assert_allclose(
+        projections, projections.mean(), rtol=1e-3, atol=1e-4 * np.abs(task_gradients).max() * 1e-2
+    )
     np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-4)
 
 
@@ -348,7 +351,9 @@ def test_pcgrad_draws_a_new_task_order_each_step_reproducibly():
     def run(seed: int) -> np.ndarray:
         aggregator = PCGrad(seed=seed)
         aggregator.build_for(layout(3, dim=2))
-        step = tf.function(lambda g: applied(aggregator, AggregatorInputs(tf.zeros([3]), tf.zeros([1, 2]), g, {}, {})).task_weights)
+        step = tf.function(
+            lambda g: applied(aggregator, AggregatorInputs(tf.zeros([3]), tf.zeros([1, 2]), g, {}, {})).task_weights
+        )
         return np.stack([step(tf.constant(gradients)).numpy() for _ in range(12)])
 
     first, again = run(5), run(5)

@@ -39,8 +39,15 @@ FACTORIES: dict[str, Callable[[], kb.aggregators.Aggregator]] = {
     "gradnorm": lambda: GradNorm(),
 }
 # Methods whose weights depend only on the losses (and task gradients), not on task kinds or draws.
-SYMMETRIC = ["scale_invariant", "dynamic_weight_average", "uncertainty_kendall", "uncertainty_simplified",
-             "uncertainty_log1p", "famo", "gradnorm"]
+SYMMETRIC = [
+    "scale_invariant",
+    "dynamic_weight_average",
+    "uncertainty_kendall",
+    "uncertainty_simplified",
+    "uncertainty_log1p",
+    "famo",
+    "gradnorm",
+]
 
 loss_scales = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -111,7 +118,9 @@ def test_permuting_tasks_permutes_weights(method: str, steps: list[list[float]],
         losses = np.asarray(losses, np.float32)
         objective, gradient, weights = run(original, losses)
         objective_p, gradient_p, weights_p = run(permuted, losses[permutation])
-        np.testing.assert_allclose(objective_p.numpy(), objective.numpy(), rtol=1e-4, atol=1e-6 * abs(objective.numpy()))
+        np.testing.assert_allclose(
+            objective_p.numpy(), objective.numpy(), rtol=1e-4, atol=1e-6 * abs(objective.numpy())
+        )
         np.testing.assert_allclose(weights_p.numpy(), weights.numpy()[permutation], rtol=1e-4)
         np.testing.assert_allclose(gradient_p.numpy(), gradient.numpy()[permutation], rtol=1e-4)
         if isinstance(original, DynamicWeightAverage):

@@ -21,7 +21,9 @@ def _binary_posteriors(reference, dtype):
     weights = tf.constant(reference["bin_W"], dtype)
     blocks, width = weights.shape
     full = classification.newton_posterior(
-        classification.binary_curvature(tf.constant(reference["H_full"], dtype), tf.constant(reference["bin_Y_full"], dtype), weights),
+        classification.binary_curvature(
+            tf.constant(reference["H_full"], dtype), tf.constant(reference["bin_Y_full"], dtype), weights
+        ),
         weights,
         *classification.isotropic_prior(blocks, width, float(reference["meta_GAMMA"]), dtype),
     )
@@ -67,7 +69,9 @@ def test_binary_posteriors_match_reference(reference, dtype, tolerance):
     _assert_close(tf.reshape(full.mean, [-1]), reference["bin_full_mean"], tolerance)
     _assert_close(_block_diagonal(full.precision.numpy()), reference["bin_full_prec"], tolerance)
     _assert_close(tf.reshape(batch.mean, [-1]), reference["bin_batch_mean"], tolerance)
-    _assert_close(_block_diagonal(inverse_from_cholesky(batch.precision_factor).numpy()), reference["bin_batch_cov"], tolerance)
+    _assert_close(
+        _block_diagonal(inverse_from_cholesky(batch.precision_factor).numpy()), reference["bin_batch_cov"], tolerance
+    )
     assert batch.ok.numpy().all()
 
 
@@ -105,7 +109,10 @@ def test_monte_carlo_moments_match_reference(reference, kind):
     else:
         _, batch, features, labels = _multiclass_posteriors(reference, tf.float64)
         moments = classification.multiclass_gradient_moments(batch, features, labels, MC_SAMPLES, tf.constant([0, 7]))
-    mean, variance = reference[f"{'bin' if kind == 'binary' else 'mc'}_grad_mean"], reference[f"{'bin' if kind == 'binary' else 'mc'}_grad_var"]
+    mean, variance = (
+        reference[f"{'bin' if kind == 'binary' else 'mc'}_grad_mean"],
+        reference[f"{'bin' if kind == 'binary' else 'mc'}_grad_var"],
+    )
     assert moments.mean.shape == mean.shape
     np.testing.assert_allclose(moments.mean, mean, atol=0.02 * np.abs(mean).max())
     np.testing.assert_allclose(moments.variance, variance, rtol=0.05)
@@ -121,13 +128,17 @@ def test_aggregation_matches_reference(reference):
         tf.matmul(features_full, targets_full, transpose_a=True),
         float(reference["meta_GAMMA"]),
     )
-    reg_posterior = regression.batch_posterior(precision, tf.transpose(tf.matmul(full_mean, precision)), features, targets)
+    reg_posterior = regression.batch_posterior(
+        precision, tf.transpose(tf.matmul(full_mean, precision)), features, targets
+    )
     reg = regression.gradient_moments(reg_posterior, features, targets)
     _, binary, _, binary_labels = _binary_posteriors(reference, dtype)
     _, multiclass, _, multiclass_labels = _multiclass_posteriors(reference, dtype)
     draws = MC_SAMPLES
     bin_moments = classification.binary_gradient_moments(binary, features, binary_labels, draws, tf.constant([1, 2]))
-    mc_moments = classification.multiclass_gradient_moments(multiclass, features, multiclass_labels, draws, tf.constant([3, 4]))
+    mc_moments = classification.multiclass_gradient_moments(
+        multiclass, features, multiclass_labels, draws, tf.constant([3, 4])
+    )
     s_reg, s_cls = float(reference["meta_S_REG"]), float(reference["meta_S_CLS"])
     combined = inverse_variance_aggregate(
         tf.concat([reg.mean, bin_moments.mean, mc_moments.mean], axis=1),
@@ -156,11 +167,15 @@ def test_moments_match_sampled_weights_and_autodiff(kind):
         flat, blocks = tf.constant(weights), outputs
     else:
         labels = np.eye(outputs)[rng.integers(0, outputs, size=batch_size)]
-        curvature = classification.multiclass_curvature(tf.constant(features), tf.constant(labels), tf.constant(weights))
+        curvature = classification.multiclass_curvature(
+            tf.constant(features), tf.constant(labels), tf.constant(weights)
+        )
         flat, blocks = tf.constant(weights.reshape(1, -1)), 1
     prior = classification.isotropic_prior(blocks, flat.shape[1], 0.5, tf.float64)
     posterior = classification.newton_posterior(curvature, flat, *prior)
-    moment_fn = classification.binary_gradient_moments if kind == "binary" else classification.multiclass_gradient_moments
+    moment_fn = (
+        classification.binary_gradient_moments if kind == "binary" else classification.multiclass_gradient_moments
+    )
     moments = moment_fn(posterior, tf.constant(features), tf.constant(labels), 200_000, tf.constant([9, 9]))
 
     covariance = inverse_from_cholesky(posterior.precision_factor).numpy()
@@ -190,13 +205,19 @@ def test_same_seed_same_draws_and_float32_finite_for_saturated_logits():
     features = tf.constant([[1.0, 0.5], [2.0, -1.0], [0.0, 0.0]])
     labels = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     curvature = classification.binary_curvature(features, labels, weights)
-    posterior = classification.newton_posterior(curvature, weights, *classification.isotropic_prior(2, 3, 0.005, tf.float32))
+    posterior = classification.newton_posterior(
+        curvature, weights, *classification.isotropic_prior(2, 3, 0.005, tf.float32)
+    )
     first = classification.binary_gradient_moments(posterior, features, labels, 256, tf.constant([4, 2]))
     second = classification.binary_gradient_moments(posterior, features, labels, 256, tf.constant([4, 2]))
     other = classification.binary_gradient_moments(posterior, features, labels, 256, tf.constant([5, 2]))
     np.testing.assert_array_equal(first.mean, second.mean)
     assert not np.array_equal(first.mean.numpy(), other.mean.numpy())
-    assert posterior.ok.numpy().all() and np.isfinite(first.mean.numpy()).all() and np.isfinite(first.variance.numpy()).all()
+    assert (
+        posterior.ok.numpy().all()
+        and np.isfinite(first.mean.numpy()).all()
+        and np.isfinite(first.variance.numpy()).all()
+    )
 
 
 def test_blocked_cholesky_matches_numpy_and_flags_indefinite_matrices():

@@ -40,7 +40,10 @@ def _logistic_blocks(seed: int = 1, blocks: int = 40, dim: int = 20, rows: int =
     weights = np.sqrt(prior_variance) * rng.normal(size=(blocks, dim + 1))
     labels = (rng.random((rows, blocks)) < 1.0 / (1.0 + np.exp(-extended @ weights.T))).astype(float)
     curvature, fitted = _fit(
-        tf.constant(features), tf.constant(labels), tf.zeros([blocks, dim + 1], tf.float64), classification.binary_curvature
+        tf.constant(features),
+        tf.constant(labels),
+        tf.zeros([blocks, dim + 1], tf.float64),
+        classification.binary_curvature,
     )
     return curvature, fitted, float(np.mean(weights**2))
 

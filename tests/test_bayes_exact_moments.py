@@ -34,7 +34,9 @@ def _reference_binary(reference) -> tuple[classification.ClassificationPosterior
     return posterior, tf.constant(reference["H"]), tf.constant(reference["bin_Y"])
 
 
-def _random_binary(seed: int, dim: int = 6, batch: int = 10, outputs: int = 3, prior_variance: float = 0.3, dtype=tf.float64):
+def _random_binary(
+    seed: int, dim: int = 6, batch: int = 10, outputs: int = 3, prior_variance: float = 0.3, dtype=tf.float64
+):
     """A Newton posterior from random data: blocks with v = h̃ᵀΣh̃ up to about 1."""
     rng = np.random.default_rng(seed)
     features = tf.constant(rng.normal(size=(batch, dim)), dtype)
@@ -110,7 +112,9 @@ def _assert_within_standard_errors(got, want, standard_error, scale):
     got = np.asarray(got)
     excess = np.abs(got - want) - STANDARD_ERRORS * standard_error - 1e-9 * scale
     worst = np.max(np.abs(got - want) / (standard_error + 1e-300))
-    assert excess.max() <= 0, f"{np.sum(excess > 0)} entries beyond {STANDARD_ERRORS} standard errors (worst z = {worst:.2f})"
+    assert excess.max() <= 0, (
+        f"{np.sum(excess > 0)} entries beyond {STANDARD_ERRORS} standard errors (worst z = {worst:.2f})"
+    )
 
 
 def test_binary_matches_the_authors_monte_carlo(reference):
@@ -176,7 +180,9 @@ def test_two_class_matches_multiclass_monte_carlo(reference):
     selector = np.concatenate([-np.eye(width), np.eye(width)])
     covariance = selector.T @ inverse_from_cholesky(posterior.precision_factor).numpy()[0] @ selector
     difference_posterior = _posterior_from_covariance((difference[1] - difference[0])[None], covariance[None])
-    _, _, mean_error, variance_error = _binary_brute_force(difference_posterior, features, labels[:, 1:], draws=draws, seed=9)
+    _, _, mean_error, variance_error = _binary_brute_force(
+        difference_posterior, features, labels[:, 1:], draws=draws, seed=9
+    )
     _assert_within_standard_errors(sampled.mean, exact.mean.numpy(), mean_error, np.abs(exact.mean).max())
     _assert_within_standard_errors(sampled.variance, exact.variance.numpy(), variance_error, np.max(exact.variance))
 
@@ -202,7 +208,11 @@ def test_two_class_with_a_certain_class_zero_is_the_binary_case():
 def _relative_gap(first, second):
     return max(
         float(np.abs(first.mean - second.mean).max() / np.abs(second.mean).max()),
-        float(np.max(np.abs(first.variance - second.variance) / np.maximum(second.variance, 1e-12 * np.max(second.variance)))),
+        float(
+            np.max(
+                np.abs(first.variance - second.variance) / np.maximum(second.variance, 1e-12 * np.max(second.variance))
+            )
+        ),
     )
 
 
@@ -252,7 +262,10 @@ def test_vanishing_covariance_gives_the_point_gradient(dtype, precision_scale):
     labels = rng.integers(0, 2, size=(5, 2)).astype(float)
     precision = np.broadcast_to(precision_scale * np.eye(4), (2, 4, 4))
     posterior = classification.ClassificationPosterior(
-        tf.constant(mean, dtype), tf.constant(precision, dtype), tf.constant(np.sqrt(precision), dtype), tf.ones([2], tf.bool)
+        tf.constant(mean, dtype),
+        tf.constant(precision, dtype),
+        tf.constant(np.sqrt(precision), dtype),
+        tf.ones([2], tf.bool),
     )
     moments = binary_gradient_moments_exact(posterior, tf.constant(features, dtype), tf.constant(labels, dtype))
     extended = np.concatenate([features, np.ones((5, 1))], axis=1)
@@ -267,7 +280,9 @@ def test_float32_saturated_logits_stay_finite():
     features = tf.constant([[1.0, 0.5], [2.0, -1.0], [0.0, 0.0]])
     labels = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     curvature = classification.binary_curvature(features, labels, weights)
-    posterior = classification.newton_posterior(curvature, weights, *classification.isotropic_prior(2, 3, 0.005, tf.float32))
+    posterior = classification.newton_posterior(
+        curvature, weights, *classification.isotropic_prior(2, 3, 0.005, tf.float32)
+    )
     moments = binary_gradient_moments_exact(posterior, features, labels)
     assert np.isfinite(moments.mean.numpy()).all() and np.isfinite(moments.variance.numpy()).all()
     assert (moments.variance.numpy() >= 0).all()

@@ -36,10 +36,14 @@ def test_posteriors_match_reference(reference, dtype, tolerance):
     precision, full_mean, batch, _, _ = _reference_posteriors(reference, dtype)
     scale = lambda a: tolerance * max(1.0, np.abs(a).max())  # noqa: E731
     np.testing.assert_allclose(full_mean, reference["reg_full_mean"], atol=scale(reference["reg_full_mean"]))
-    np.testing.assert_allclose(np.linalg.inv(precision.numpy()), reference["reg_full_cov"], atol=scale(reference["reg_full_cov"]))
+    np.testing.assert_allclose(
+        np.linalg.inv(precision.numpy()), reference["reg_full_cov"], atol=scale(reference["reg_full_cov"])
+    )
     np.testing.assert_allclose(batch.mean, reference["reg_batch_mean"], atol=scale(reference["reg_batch_mean"]))
     np.testing.assert_allclose(
-        inverse_from_cholesky(batch.precision_factor), reference["reg_batch_cov"], atol=scale(reference["reg_batch_cov"])
+        inverse_from_cholesky(batch.precision_factor),
+        reference["reg_batch_cov"],
+        atol=scale(reference["reg_batch_cov"]),
     )
 
 
@@ -48,7 +52,9 @@ def test_gradient_moments_match_reference(reference, dtype, tolerance):
     _, _, batch, features, targets = _reference_posteriors(reference, dtype)
     moments = regression.gradient_moments(batch, features, targets)
     power = float(reference["meta_S_REG"])
-    np.testing.assert_allclose(moments.mean, reference["reg_grad_mean"], atol=tolerance * np.abs(reference["reg_grad_mean"]).max())
+    np.testing.assert_allclose(
+        moments.mean, reference["reg_grad_mean"], atol=tolerance * np.abs(reference["reg_grad_mean"]).max()
+    )
     np.testing.assert_allclose(
         tempered_variance(moments.variance, power), reference["reg_grad_var_pow"], rtol=tolerance * 10
     )
@@ -124,11 +130,15 @@ def test_low_rank_marginals_match_reference_and_direct_path(reference, dtype, to
     low_rank = regression.low_rank_marginals(covariance, full_mean, features, targets)
     assert bool(low_rank.ok)
     full = regression.marginals_from_posterior(direct, features)
-    np.testing.assert_allclose(low_rank.mean, reference["reg_batch_mean"], atol=tolerance * np.abs(reference["reg_batch_mean"]).max())
+    np.testing.assert_allclose(
+        low_rank.mean, reference["reg_batch_mean"], atol=tolerance * np.abs(reference["reg_batch_mean"]).max()
+    )
     np.testing.assert_allclose(low_rank.covariance_diag, np.diag(reference["reg_batch_cov"]), rtol=tolerance * 10)
     for got, want in zip(low_rank[:4], full[:4]):
         np.testing.assert_allclose(got, want, rtol=tolerance * 100, atol=tolerance * np.abs(want.numpy()).max())
     moments = regression.gradient_moments(low_rank, features, targets)
     np.testing.assert_allclose(
-        tempered_variance(moments.variance, float(reference["meta_S_REG"])), reference["reg_grad_var_pow"], rtol=tolerance * 30
+        tempered_variance(moments.variance, float(reference["meta_S_REG"])),
+        reference["reg_grad_var_pow"],
+        rtol=tolerance * 30,
     )

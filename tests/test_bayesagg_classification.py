@@ -102,21 +102,31 @@ def test_full_data_prior_is_the_posterior_over_all_rows_at_epoch_end_weights():
         )
         precision = aggregator.classification_group(name).prior_precision.numpy()
         np.testing.assert_allclose(precision, expected.precision, rtol=1e-4, atol=1e-4 * np.abs(precision).max())
-        np.testing.assert_allclose(aggregator.classification_group(name).prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(
+            aggregator.classification_group(name).prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4
+        )
 
     model = _binary_model(tasks=3)
     model.trunk.trainable = False
-    aggregator, _ = _fit(model, (x_bin, bin_labels), jit_compile=False, epochs=1, feature_buffer_rows=70, prior_variance=0.05)
+    aggregator, _ = _fit(
+        model, (x_bin, bin_labels), jit_compile=False, epochs=1, feature_buffer_rows=70, prior_variance=0.05
+    )
     features = model.trunk(x_bin).numpy().astype(np.float64)
     head = model.heads["attributes"]
     weights = np.concatenate([head.kernel.numpy().T, head.bias.numpy()[:, None]], axis=1).astype(np.float64)
     expected = classification.newton_posterior(
-        classification.binary_curvature(tf.constant(features), tf.constant(bin_labels["attributes"], tf.float64), tf.constant(weights)),
+        classification.binary_curvature(
+            tf.constant(features), tf.constant(bin_labels["attributes"], tf.float64), tf.constant(weights)
+        ),
         tf.constant(weights),
         *classification.isotropic_prior(3, weights.shape[1], 0.05, tf.float64),
     )
-    np.testing.assert_allclose(aggregator.classification_group("attributes").prior_precision.numpy(), expected.precision, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(aggregator.classification_group("attributes").prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        aggregator.classification_group("attributes").prior_precision.numpy(), expected.precision, rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        aggregator.classification_group("attributes").prior_mean.numpy(), expected.mean, rtol=1e-3, atol=1e-4
+    )
 
 
 def test_staging_buffer_smaller_than_one_step_is_a_clear_error():

@@ -43,7 +43,9 @@ def test_refresh_sets_heads_to_full_data_posterior_mean_of_that_epoch():
     np.testing.assert_allclose(model.heads["b"].override_kernel.numpy(), expected[:, 2:], rtol=2e-3, atol=1e-4)
     np.testing.assert_allclose(aggregator.regression.prior_precision.numpy(), precision, rtol=1e-4)
     covariance = np.linalg.inv(precision)
-    np.testing.assert_allclose(aggregator.regression.prior_covariance.numpy(), covariance, atol=1e-4 * np.abs(covariance).max())
+    np.testing.assert_allclose(
+        aggregator.regression.prior_covariance.numpy(), covariance, atol=1e-4 * np.abs(covariance).max()
+    )
     np.testing.assert_allclose(aggregator.regression.prior_mean.numpy(), expected.T, rtol=2e-3, atol=1e-4)
     # Prediction rule: hᵀ m_F, no bias.
     predicted = model.predict(x[:8], verbose=0)
@@ -117,7 +119,9 @@ def test_bayesagg_gradient_matches_bayes_math_in_a_step(batch_size):
     pre_activation = x @ kernel_before + model.trunk.layers[0].bias.numpy() * 0  # bias starts at zero
     elu_slope = np.where(pre_activation > 0, 1.0, np.exp(pre_activation))
     expected_kernel_gradient = x.T @ (representation_gradient * elu_slope)
-    np.testing.assert_allclose(kernel_before - model.trunk.layers[0].kernel.numpy(), expected_kernel_gradient, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        kernel_before - model.trunk.layers[0].kernel.numpy(), expected_kernel_gradient, rtol=1e-3, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

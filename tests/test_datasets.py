@@ -186,7 +186,9 @@ def _chest_folder(root: pathlib.Path) -> pathlib.Path:
             name = f"{patient:08d}_{follow_up:03d}.png"
             _write_image(root / "images_001" / "images" / name, 10 * patient, png=True, size=20)
             labels = "|".join(sorted(set(rng.choice(findings, size=int(rng.integers(1, 3))))))
-            rows.append({"Image Index": name, "Finding Labels": labels, "Follow-up #": follow_up, "Patient ID": patient})
+            rows.append(
+                {"Image Index": name, "Finding Labels": labels, "Follow-up #": follow_up, "Patient ID": patient}
+            )
     rows.append({"Image Index": "00000099_000.png", "Finding Labels": "Mass", "Follow-up #": 0, "Patient ID": 99})
     with (root / "Data_Entry_2017.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -209,7 +211,8 @@ def test_chestxray14_patient_wise_split_and_labels(tmp_path):
     assert [len(p) for p in patients.values()] == [14, 2, 4]
     assert set.union(*patients.values()) == set(range(1, 21))
     assert all(
-        patients[a].isdisjoint(patients[b]) for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]
+        patients[a].isdisjoint(patients[b])
+        for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]
     )
     with (root / "Data_Entry_2017.csv").open() as handle:
         table = {r["Image Index"]: r["Finding Labels"] for r in csv.DictReader(handle)}

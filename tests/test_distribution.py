@@ -76,6 +76,8 @@ SCRIPT = textwrap.dedent(
 def test_multi_replica_training_matches_single_device():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": repo}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, cwd=repo, capture_output=True, text=True, timeout=600
+    )
     if result.returncode != 0 or "OK" not in result.stdout:
         pytest.fail(f"distributed training failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")

@@ -139,12 +139,16 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
                 try:
                     importlib.import_module(module)
                 except ImportError as error:
-                    pytest.skip(f"{snippet.where} and the rest of the page need {module}, not importable yet ({error}).")
+                    pytest.skip(
+                        f"{snippet.where} and the rest of the page need {module}, not importable yet ({error})."
+                    )
             run_snippet(snippet, namespace)
     finally:
         keras.backend.clear_session()
     elapsed = time.process_time() - started
-    assert elapsed < PAGE_BUDGET_CPU_SECONDS, f"{page.name}: snippets took {elapsed:.0f} CPU seconds; keep doc examples small."
+    assert elapsed < PAGE_BUDGET_CPU_SECONDS, (
+        f"{page.name}: snippets took {elapsed:.0f} CPU seconds; keep doc examples small."
+    )
     if skipped:
         print("skipped blocks:", *skipped, sep="\n  ")
 
@@ -159,7 +163,9 @@ def test_directives_are_checked():
 
 def test_replace_changes_the_code_and_tracebacks_point_at_the_page(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("Text.\n\n<!-- snippet: replace = 1 => = 2 -->\n```python\nvalue = 1\nraise RuntimeError(value)\n```\n")
+    page.write_text(
+        "Text.\n\n<!-- snippet: replace = 1 => = 2 -->\n```python\nvalue = 1\nraise RuntimeError(value)\n```\n"
+    )
     (snippet,) = python_snippets(page)
     namespace: dict = {}
     with pytest.raises(RuntimeError) as raised:

@@ -15,7 +15,11 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize(
     "tasks, dim, batch",
     [
-        ({"age": kb.tasks.Regression(), "gender": kb.tasks.Multiclass(2), "ethnicity": kb.tasks.Multiclass(5)}, 512, 128),
+        (
+            {"age": kb.tasks.Regression(), "gender": kb.tasks.Multiclass(2), "ethnicity": kb.tasks.Multiclass(5)},
+            512,
+            128,
+        ),
         ({"findings": kb.tasks.Binary(14)}, 512, 256),
         ({"coarse": kb.tasks.Binary(20)}, 64, 128),
     ],

@@ -86,7 +86,9 @@ def test_keras_round_trip_keeps_predictions_aggregator_and_prior(tmp_path):
     assert isinstance(restored.aggregator, kb.BayesAgg)
     assert restored.aggregator.get_config() == model.aggregator.get_config()
     for key in ("value", "pair"):
-        np.testing.assert_allclose(restored.predict(x[:16], verbose=0)[key], model.predict(x[:16], verbose=0)[key], rtol=1e-6)
+        np.testing.assert_allclose(
+            restored.predict(x[:16], verbose=0)[key], model.predict(x[:16], verbose=0)[key], rtol=1e-6
+        )
     np.testing.assert_allclose(
         restored.aggregator.regression.prior_precision.numpy(), model.aggregator.regression.prior_precision.numpy()
     )
@@ -150,9 +152,21 @@ def test_unknown_task_in_batch_names_it():
 @pytest.mark.parametrize(
     "task, bad_labels, message",
     [
-        ("flags", np.zeros((32, 4), "float32"), r"Task 'flags' \(Binary with 3 outputs\) expects labels of shape \(batch, 3\)"),
-        ("value", np.zeros((32, 2), "float32"), r"Task 'value' \(Regression with 1 output\) expects labels of shape \(batch,\) or \(batch, 1\)"),
-        ("kind", np.zeros((32, 3), "float32"), r"Task 'kind' \(Multiclass with 4 classes\) expects integer class indices"),
+        (
+            "flags",
+            np.zeros((32, 4), "float32"),
+            r"Task 'flags' \(Binary with 3 outputs\) expects labels of shape \(batch, 3\)",
+        ),
+        (
+            "value",
+            np.zeros((32, 2), "float32"),
+            r"Task 'value' \(Regression with 1 output\) expects labels of shape \(batch,\) or \(batch, 1\)",
+        ),
+        (
+            "kind",
+            np.zeros((32, 3), "float32"),
+            r"Task 'kind' \(Multiclass with 4 classes\) expects integer class indices",
+        ),
         ("value", np.array(["a"] * 32), r"Task 'value'.*numeric labels"),
     ],
 )
@@ -169,7 +183,11 @@ def test_label_shape_and_dtype_errors_name_the_task(task, bad_labels, message):
 @pytest.mark.parametrize(
     "task, corrupt, message",
     [
-        ("kind", lambda y: np.where(np.arange(len(y)) == 5, 7, y).astype("int32"), r"Task 'kind'.*class indices in \[0, 4\)"),
+        (
+            "kind",
+            lambda y: np.where(np.arange(len(y)) == 5, 7, y).astype("int32"),
+            r"Task 'kind'.*class indices in \[0, 4\)",
+        ),
         ("flags", lambda y: y * 2.0, r"Task 'flags'.*values in \[0, 1\]"),
         ("value", lambda y: np.where(np.arange(len(y)) == 0, np.nan, y).astype("float32"), r"Task 'value'.*finite"),
     ],
@@ -221,7 +239,7 @@ def test_bad_task_definitions():
         kb.tasks.Binary(0)
     with pytest.raises(ValueError, match="prior_variance must be a finite number > 0"):
         kb.BayesAgg(prior_variance=0.0)
-    with pytest.raises(ValueError, match=r"regression_power must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"regression_power must be a finite number > 0 and <= 1"):
         kb.BayesAgg(regression_power=2.0)
 
 
@@ -287,8 +305,13 @@ def test_fit_with_validation_data_runs_the_same_callbacks_every_epoch():
         def on_epoch_end(self, epoch, logs=None):
             guards.append(dict(aggregator.calls))
 
-    model.fit(mixed_dataset(num_samples=256), validation_data=mixed_dataset(num_samples=128), epochs=5, verbose=0,
-              callbacks=[Watch()])
+    model.fit(
+        mixed_dataset(num_samples=256),
+        validation_data=mixed_dataset(num_samples=128),
+        epochs=5,
+        verbose=0,
+        callbacks=[Watch()],
+    )
     # 4 batches an epoch: each hook runs once per epoch (per batch) however many validations came before.
     assert [g["end_epoch"] for g in guards] == [1, 2, 3, 4, 5]
     assert [g["begin_epoch"] for g in guards] == [1, 2, 3, 4, 5]

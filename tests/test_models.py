@@ -36,7 +36,9 @@ def test_cifar_cnn_layer_order_and_representation():
 @pytest.mark.parametrize(("depth", "blocks"), [(18, 8), (34, 16)])
 def test_resnet_encoder_depth_and_representation(depth: int, blocks: int):
     model = kb.models.resnet_encoder(depth, dim=32, input_shape=(64, 64, 3), width=8)
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and not layer.name.endswith("_down")]
+    convs = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and not layer.name.endswith("_down")
+    ]
     assert len(convs) == depth - 1  # + the final dense layer = depth weighted layers
     assert len({layer.name.rsplit("_", 1)[0] for layer in convs if layer.name.startswith("stage")}) == blocks
     assert model.output_shape == (None, 32) and model.layers[-1].activation.__name__ == "elu"
@@ -85,7 +87,9 @@ def test_multitask_model_on_each_trunk_survives_a_keras_round_trip(tmp_path, mak
     for variable in model.weights:
         value = np.asarray(variable)
         noise = (
-            rng.uniform(0.5, 1.5, value.shape) if "variance" in variable.path else value + 0.1 * rng.normal(size=value.shape)
+            rng.uniform(0.5, 1.5, value.shape)
+            if "variance" in variable.path
+            else value + 0.1 * rng.normal(size=value.shape)
         )
         variable.assign(noise.astype(value.dtype))
     path = tmp_path / "model.keras"

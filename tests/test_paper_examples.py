@@ -65,14 +65,20 @@ def test_utkface_smoke_against_single_task_models(tmp_path):
     _check_outputs(
         tmp_path, ["single-task", "BayesAgg"], ["age mae", "gender accuracy", "ethnicity accuracy"], ["age", "gender"]
     )
-    assert {p.name for p in (tmp_path / "tensorboard" / "single-task" / "seed0").iterdir()} == {"age", "gender", "ethnicity"}
+    assert {p.name for p in (tmp_path / "tensorboard" / "single-task" / "seed0").iterdir()} == {
+        "age",
+        "gender",
+        "ethnicity",
+    }
     assert result["results"]["single-task"][0]["age"]["mae"] > 0
 
 
 @pytest.mark.slow
 def test_chestxray14_smoke(tmp_path):
     result = _script("chestxray14").main(["--smoke", "--out", str(tmp_path)])
-    _check_outputs(tmp_path, ["LinearScalarization", "BayesAgg"], ["Atelectasis auc", "Hernia auc"], ["Atelectasis", "Hernia"])
+    _check_outputs(
+        tmp_path, ["LinearScalarization", "BayesAgg"], ["Atelectasis auc", "Hernia auc"], ["Atelectasis", "Hernia"]
+    )
     assert len(result["results"]["BayesAgg"][0]) == 14
 
 

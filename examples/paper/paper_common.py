@@ -40,7 +40,9 @@ class Benchmark:
     """What differs between the paper's experiments."""
 
     name: str
-    defaults: dict[str, Any]  # lr, weight_decay, epochs, batch_size, warmup_epochs, prior_variance, powers, seeds, baseline
+    defaults: dict[
+        str, Any
+    ]  # lr, weight_decay, epochs, batch_size, warmup_epochs, prior_variance, powers, seeds, baseline
     load: Callable[[argparse.Namespace], kb.datasets.MultiTaskData]
     load_smoke: Callable[[argparse.Namespace, pathlib.Path], kb.datasets.MultiTaskData]  # mock/generated data, tiny
     trunk: Callable[[bool], keras.Model]  # smoke → a tiny version of the paper's trunk
@@ -52,7 +54,9 @@ def parse_args(benchmark: Benchmark, argv: list[str] | None) -> argparse.Namespa
     d = benchmark.defaults
     parser = argparse.ArgumentParser(description=f"BayesAgg-MTL paper experiment: {benchmark.name}")
     parser.add_argument("--aggregator", default="BayesAgg", help=f"a class name in kb.aggregators, or '{SINGLE_TASK}'")
-    parser.add_argument("--baseline", default=d["baseline"], help=f"Δm reference: '{SINGLE_TASK}', an aggregator, or 'none'")
+    parser.add_argument(
+        "--baseline", default=d["baseline"], help=f"Δm reference: '{SINGLE_TASK}', an aggregator, or 'none'"
+    )
     parser.add_argument("--seeds", type=int, default=d["seeds"], help="number of seeds (0, 1, …)")
     parser.add_argument("--epochs", type=int, default=d["epochs"])
     parser.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -253,6 +257,10 @@ def run(benchmark: Benchmark, argv: list[str] | None = None) -> dict[str, Any]:
                 histories.setdefault(method, history)
     table = write_results(results, data, args)
     history = histories.get(args.aggregator)
-    plot = plot_weights(history, f"{benchmark.name}: {args.aggregator}", args.out / "task_weights.png") if history else None
+    plot = (
+        plot_weights(history, f"{benchmark.name}: {args.aggregator}", args.out / "task_weights.png")
+        if history
+        else None
+    )
     print((args.out / "results.md").read_text() + f"({time.perf_counter() - started:.0f} s; files in {args.out})")
     return {"results": results, "table": table, "plot": plot, "out": args.out, "histories": histories}

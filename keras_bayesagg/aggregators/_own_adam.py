@@ -43,12 +43,16 @@ class OwnAdam:
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.first_moment = owner.add_weight(name=f"{prefix}_adam_m", shape=shape, initializer="zeros", trainable=False)
-        self.second_moment = owner.add_weight(name=f"{prefix}_adam_v", shape=shape, initializer="zeros", trainable=False)
+        self.second_moment = owner.add_weight(
+            name=f"{prefix}_adam_v", shape=shape, initializer="zeros", trainable=False
+        )
         self.iterations = owner.add_weight(name=f"{prefix}_adam_t", shape=(), initializer="zeros", trainable=False)
 
     def unchanged(self, variable: keras.Variable) -> AdamProposal:
         """The current values (a step that does not move the variable)."""
-        return AdamProposal(*(tf.convert_to_tensor(v) for v in (variable, self.first_moment, self.second_moment, self.iterations)))
+        return AdamProposal(
+            *(tf.convert_to_tensor(v) for v in (variable, self.first_moment, self.second_moment, self.iterations))
+        )
 
     def propose(self, variable: keras.Variable, gradient: tf.Tensor) -> AdamProposal:
         """θ - lr·m̂/(√v̂ + ε) and the new moments, without writing anything."""

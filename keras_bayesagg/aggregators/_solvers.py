@@ -83,7 +83,10 @@ def frank_wolfe_simplex(
     handful of ops whatever K. Stops when the duality gap ⟨∇f, w - e_s⟩ is below `tolerance`.
     """
     steps = tf.concat(
-        [tf.zeros([1], SOLVER_DTYPE), tf.exp(tf.linspace(tf.math.log(tf.constant(1e-6, SOLVER_DTYPE)), 0.0, num_line_points))],
+        [
+            tf.zeros([1], SOLVER_DTYPE),
+            tf.exp(tf.linspace(tf.math.log(tf.constant(1e-6, SOLVER_DTYPE)), 0.0, num_line_points)),
+        ],
         axis=0,
     )
     weights = tf.fill([size], tf.constant(1.0, SOLVER_DTYPE) / tf.cast(size, SOLVER_DTYPE))

@@ -25,7 +25,9 @@ def balance_transformation(gram: tf.Tensor) -> tf.Tensor:
     size = tf.shape(matrix)[0]
     in_range = eigenvalues > tf.reduce_max(eigenvalues) * tf.cast(size, matrix.dtype) * RANK_TOLERANCE
     safe = tf.where(in_range, eigenvalues, tf.ones_like(eigenvalues))
-    smallest = tf.reduce_min(tf.where(in_range, eigenvalues, tf.fill(tf.shape(eigenvalues), tf.constant(np.inf, matrix.dtype))))
+    smallest = tf.reduce_min(
+        tf.where(in_range, eigenvalues, tf.fill(tf.shape(eigenvalues), tf.constant(np.inf, matrix.dtype)))
+    )
     smallest = tf.where(tf.reduce_any(in_range), smallest, tf.zeros_like(smallest))
     inverse_roots = tf.where(in_range, tf.math.rsqrt(safe), tf.zeros_like(safe))
     return tf.sqrt(smallest) * tf.matmul(eigenvectors * inverse_roots[None], eigenvectors, transpose_b=True)

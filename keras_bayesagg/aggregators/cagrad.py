@@ -14,9 +14,7 @@ from keras_bayesagg.validation import nonnegative_float, one_of, whole_number
 RESCALINGS = {"none": lambda c: 1.0, "one_plus_c_squared": lambda c: 1.0 + c * c, "one_plus_c": lambda c: 1.0 + c}
 
 
-def cagrad_weights(
-    gram: tf.Tensor, c: float, max_iterations: int = 200, tolerance: float = 1e-7
-) -> tf.Tensor:
+def cagrad_weights(gram: tf.Tensor, c: float, max_iterations: int = 200, tolerance: float = 1e-7) -> tf.Tensor:
     """Weights of d = g0 + (c‖g0‖ / ‖g_w‖) g_w (before rescaling) in terms of the g_k.
 
     g0 = Σ_k g_k / K; w solves the dual (paper Eq. 4 / Algorithm 1)

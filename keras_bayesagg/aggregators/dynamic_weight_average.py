@@ -47,7 +47,9 @@ class DynamicWeightAverage(Aggregator):
 
     def current_weights(self) -> tf.Tensor:
         """λ(t) from the two last epoch averages (ones until two epochs have completed)."""
-        ratio = tf.convert_to_tensor(self.last_epoch_loss) / tf.maximum(tf.convert_to_tensor(self.previous_epoch_loss), 1e-12)
+        ratio = tf.convert_to_tensor(self.last_epoch_loss) / tf.maximum(
+            tf.convert_to_tensor(self.previous_epoch_loss), 1e-12
+        )
         dwa = self.layout.num_units * tf.nn.softmax(ratio / self.temperature)
         return tf.where(self.completed_epochs >= 2, dwa, tf.ones_like(dwa))
 
@@ -59,7 +61,9 @@ class DynamicWeightAverage(Aggregator):
             self.epoch_loss_sum.assign_add(losses)
             self.epoch_steps.assign_add(1.0)
 
-        return ObjectiveAggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights, commit=commit)
+        return ObjectiveAggregation(
+            objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights, commit=commit
+        )
 
     def begin_epoch(self) -> None:
         """Drop sums left by an interrupted epoch so each average covers exactly one epoch."""

@@ -81,7 +81,9 @@ class FAMO(Aggregator):
             gradient = z * (decrease - tf.reduce_sum(z * decrease))
             return self.logit_optimizer.propose(self.task_logits, gradient)
 
-        return AdamProposal(*tf.cond(self.has_previous > 0, step, lambda: self.logit_optimizer.unchanged(self.task_logits)))
+        return AdamProposal(
+            *tf.cond(self.has_previous > 0, step, lambda: self.logit_optimizer.unchanged(self.task_logits))
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {

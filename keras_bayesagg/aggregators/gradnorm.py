@@ -33,7 +33,9 @@ class GradNorm(Aggregator):
 
     needs_task_gradients = True
 
-    def __init__(self, alpha: float = 1.5, learning_rate: float = 0.025, name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, alpha: float = 1.5, learning_rate: float = 0.025, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.alpha = nonnegative_float("GradNorm", "alpha", alpha)
         self.learning_rate = positive_float("GradNorm", "learning_rate", learning_rate)
@@ -42,7 +44,9 @@ class GradNorm(Aggregator):
         k = layout.num_units
         self.task_weights = self.add_weight(name="task_weights", shape=(k,), initializer="ones", trainable=False)
         self.initial_losses = self.add_weight(name="initial_losses", shape=(k,), initializer="ones", trainable=False)
-        self.has_initial_losses = self.add_weight(name="has_initial_losses", shape=(), initializer="zeros", trainable=False)
+        self.has_initial_losses = self.add_weight(
+            name="has_initial_losses", shape=(), initializer="zeros", trainable=False
+        )
         self.weight_optimizer = OwnAdam(self, "task_weights", (k,), self.learning_rate)
 
     def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
@@ -65,7 +69,9 @@ class GradNorm(Aggregator):
         positive = tf.maximum(proposal.value, 1e-6)
 
         def commit() -> None:
-            self.weight_optimizer.commit(self.task_weights, proposal, self.layout.num_units * positive / tf.reduce_sum(positive))
+            self.weight_optimizer.commit(
+                self.task_weights, proposal, self.layout.num_units * positive / tf.reduce_sum(positive)
+            )
             self.initial_losses.assign(initial)
             self.has_initial_losses.assign(1.0)
 

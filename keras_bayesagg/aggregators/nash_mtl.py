@@ -10,7 +10,12 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination
 from keras_bayesagg.aggregators._solvers import nash_bargaining_weights
-from keras_bayesagg.aggregators.base import AggregatorInputs, ParameterAggregation, RepresentationAggregation, TaskLayout
+from keras_bayesagg.aggregators.base import (
+    AggregatorInputs,
+    ParameterAggregation,
+    RepresentationAggregation,
+    TaskLayout,
+)
 from keras_bayesagg.validation import optional_positive_float, whole_number
 
 
@@ -57,7 +62,9 @@ class NashMTL(GradientCombination):
         self.bargaining_weights = self.add_weight(
             name="bargaining_weights", shape=(layout.num_units,), initializer="ones", trainable=False
         )
-        self.step_counter = self.add_weight(name="step_counter", shape=(), dtype="int64", initializer="zeros", trainable=False)
+        self.step_counter = self.add_weight(
+            name="step_counter", shape=(), dtype="int64", initializer="zeros", trainable=False
+        )
 
     def propose_weights(self, gram: tf.Tensor) -> tuple[tf.Tensor, Callable[[], Any]]:
         if self.update_weights_every == 1:

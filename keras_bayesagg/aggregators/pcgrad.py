@@ -53,7 +53,9 @@ class PCGrad(GradientCombination):
             so the same seed gives the same run, also under XLA).
     """
 
-    def __init__(self, level: str = "representation", seed: int | None = None, name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, level: str = "representation", seed: int | None = None, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(level=level, name=name, **kwargs)
         self.seed = optional_seed("PCGrad", "seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed, name="pcgrad_seed")

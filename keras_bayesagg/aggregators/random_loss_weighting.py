@@ -34,7 +34,9 @@ class RandomLossWeighting(Aggregator):
         seed, advance = peek_seed(self.seed_generator)
         logits = tf.random.stateless_normal((self.layout.num_units,), seed=tf.cast(seed, tf.int32), dtype=tf.float32)
         weights = tf.nn.softmax(logits)
-        return ObjectiveAggregation(objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights, commit=advance)
+        return ObjectiveAggregation(
+            objective=tf.reduce_sum(weights * inputs.losses), task_weights=weights, commit=advance
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}

@@ -21,9 +21,7 @@ def tempered_variance(variance: tf.Tensor, power: tf.Tensor | float) -> tf.Tenso
     return tf.pow(tf.maximum(variance, VARIANCE_FLOOR), power)
 
 
-def inverse_variance_aggregate(
-    means: tf.Tensor, variances: tf.Tensor, powers: tf.Tensor
-) -> InverseVarianceAggregate:
+def inverse_variance_aggregate(means: tf.Tensor, variances: tf.Tensor, powers: tf.Tensor) -> InverseVarianceAggregate:
     """Combine task gradients `means` [B, T, D] by tempered inverse variance.
 
     λ_t = clamp(σ²_t, 1e-8)^(-s_t) and α_t = λ_t / Σ_u λ_u, computed as a softmax over tasks of

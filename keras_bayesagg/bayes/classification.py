@@ -122,7 +122,9 @@ def newton_posterior(
     return ClassificationPosterior(weights - step, precision, factor, ok)
 
 
-def isotropic_prior(num_blocks: int, size: int, prior_variance: float, dtype: tf.DType | str) -> tuple[tf.Tensor, tf.Tensor]:
+def isotropic_prior(
+    num_blocks: int, size: int, prior_variance: float, dtype: tf.DType | str
+) -> tuple[tf.Tensor, tf.Tensor]:
     """(P = I/γ as [M, n, n], m_p = 0 as [M, n]): the prior of the full-data posterior."""
     precision = tf.eye(size, batch_shape=[num_blocks], dtype=dtype) / prior_variance
     return precision, tf.zeros([num_blocks, size], dtype)
@@ -188,7 +190,9 @@ def multiclass_gradient_moments(
 
     first, second = zip(*[(c, d) for c in range(num_classes) for d in range(c, num_classes)])
     multiplicity = tf.constant([1.0 if c == d else 2.0 for c, d in zip(first, second)], features.dtype)
-    pair_residuals = tf.gather(residuals, first, axis=2) * tf.gather(residuals, second, axis=2) * multiplicity  # [B, S, K]
+    pair_residuals = (
+        tf.gather(residuals, first, axis=2) * tf.gather(residuals, second, axis=2) * multiplicity
+    )  # [B, S, K]
     pair_weights = tf.gather(head, first, axis=1) * tf.gather(head, second, axis=1)  # [S, K, D]
     second_moment = tf.matmul(tf.reshape(pair_residuals, [batch, -1]), tf.reshape(pair_weights, [-1, dim])) / scale
     variance = tf.maximum(second_moment - tf.square(mean), 0.0)

@@ -52,7 +52,10 @@ def _fixed_point(
     start = tf.cast(tf.convert_to_tensor(prior_variance, dtype_hint=dtype), dtype)  # a Python float stays exact
     start = clip(start * tf.ones(tf.shape(eigenvalues)[:-1], dtype))
     _, variance = tf.while_loop(
-        lambda iteration, _: iteration < num_iterations, step, (tf.constant(0), start), maximum_iterations=num_iterations
+        lambda iteration, _: iteration < num_iterations,
+        step,
+        (tf.constant(0), start),
+        maximum_iterations=num_iterations,
     )
     return variance
 
@@ -69,7 +72,11 @@ def regression_evidence_variance(
     eigenvalues, eigenvectors = tf.linalg.eigh(feature_gram)
     pulls = tf.matmul(eigenvectors, feature_target, transpose_a=True)  # Uᵀ Σh y  [D, O]
     return _fixed_point(
-        eigenvalues, tf.reduce_sum(tf.square(pulls), axis=-1), tf.shape(feature_target)[-1], prior_variance, num_iterations
+        eigenvalues,
+        tf.reduce_sum(tf.square(pulls), axis=-1),
+        tf.shape(feature_target)[-1],
+        prior_variance,
+        num_iterations,
     )
 
 

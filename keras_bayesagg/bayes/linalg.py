@@ -64,9 +64,7 @@ def _is_finite_factor(factor: tf.Tensor) -> tf.Tensor:
     return tf.reduce_all(tf.math.is_finite(factor), axis=[-2, -1])
 
 
-def safe_cholesky(
-    matrix: tf.Tensor, relative_jitters: Sequence[float] = DEFAULT_RELATIVE_JITTERS
-) -> SafeCholesky:
+def safe_cholesky(matrix: tf.Tensor, relative_jitters: Sequence[float] = DEFAULT_RELATIVE_JITTERS) -> SafeCholesky:
     """Factor symmetric positive-definite `matrix` ([..., n, n]), adding jitter only on failure.
 
     The first attempt adds nothing. Each later attempt (only taken when some matrix in the batch

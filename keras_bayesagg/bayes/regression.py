@@ -52,9 +52,7 @@ class FullDataPosterior(NamedTuple):
     ok: tf.Tensor
 
 
-def full_data_posterior(
-    feature_gram: tf.Tensor, feature_target: tf.Tensor, prior_variance: float
-) -> FullDataPosterior:
+def full_data_posterior(feature_gram: tf.Tensor, feature_target: tf.Tensor, prior_variance: float) -> FullDataPosterior:
     """Posterior from sufficient statistics Σhhᵀ [D, D] and Σh·y [D, O] with prior N(0, γI).
 
     Λ_F = I/γ + Σhhᵀ, m_F = Λ_F⁻¹ Σh·y; the covariance (for the per-step rank-B update) comes

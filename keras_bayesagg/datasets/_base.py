@@ -55,7 +55,9 @@ class MultiTaskData:
         return restored
 
 
-def finish(dataset: tf.data.Dataset, batch_size: int, shuffle_seed: int | None, buffer: int = 10_000) -> tf.data.Dataset:
+def finish(
+    dataset: tf.data.Dataset, batch_size: int, shuffle_seed: int | None, buffer: int = 10_000
+) -> tf.data.Dataset:
     """Shuffle (train only, reproducibly from the seed), batch and prefetch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
@@ -64,7 +66,9 @@ def finish(dataset: tf.data.Dataset, batch_size: int, shuffle_seed: int | None, 
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
 
 
-def split_indices(count: int, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(
+    count: int, fractions: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A seeded permutation of range(count) cut into train/validation/test by `fractions`."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(

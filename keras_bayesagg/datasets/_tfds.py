@@ -23,7 +23,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None, downlo
     except ModuleNotFoundError:
         raise
     except Exception as error:  # tfds raises AssertionError or DatasetNotFoundError depending on the version
-        where = data_dir if data_dir is not None else "the default TFDS folder (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        where = (
+            data_dir if data_dir is not None else "the default TFDS folder (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        )
         raise FileNotFoundError(
             f"TFDS dataset '{name}' (split '{split}') is not prepared in {where}. Expected the folder that "
             f"`tfds build {name.split('/')[0]}` (or tfds.load(..., download=True) on a machine with network) writes; "

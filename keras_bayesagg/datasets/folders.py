@@ -149,7 +149,11 @@ def chestxray14(
     if rows and not {"Image Index", "Finding Labels", "Patient ID"} <= set(rows[0]):
         raise ValueError(f"chestxray14: '{table}' lacks the columns 'Image Index', 'Finding Labels', 'Patient ID'.")
     kept = [r for r in rows if r["Image Index"] in images]
-    _report([r["Image Index"] for r in rows if r["Image Index"] not in images], "chestxray14", "listed in the CSV but absent")
+    _report(
+        [r["Image Index"] for r in rows if r["Image Index"] not in images],
+        "chestxray14",
+        "listed in the CSV but absent",
+    )
     if not kept:
         raise FileNotFoundError(
             f"chestxray14: none of the {len(rows)} images listed in '{table}' was found as a .png under '{root}'."

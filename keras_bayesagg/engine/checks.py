@@ -13,7 +13,9 @@ from keras_bayesagg.tasks import Task
 NON_FINITE_REPRESENTATION = (
     "Non-finite input/representation: the trunk's output h has NaN or infinite values (check the inputs x for NaN/inf)."
 )
-NON_FINITE_GRADIENT = "Non-finite gradient: the update would make weights NaN or infinite (lower the learning rate or check the data)."
+NON_FINITE_GRADIENT = (
+    "Non-finite gradient: the update would make weights NaN or infinite (lower the learning rate or check the data)."
+)
 
 
 def step_faults(

@@ -28,10 +28,10 @@ class StepFault(FloatingPointError, ValueError):
 
 
 def first_fault_code(failed: Sequence[tf.Tensor]) -> tf.Tensor:
-    """0 when no check failed, else 1 + the index of the first failed check (int32 scalar)."""
+    """0 when no check failed (on any replica), else 1 + the index of the first failed check (int32 scalar)."""
     if not failed:
         return tf.constant(0, tf.int32)
-    flags = tf.stack([tf.reshape(tf.cast(f, tf.bool), []) for f in failed])
+    flags = agree_across_replicas(tf.stack([tf.reshape(tf.cast(f, tf.bool), []) for f in failed]))
     first = tf.argmax(tf.cast(flags, tf.int32), output_type=tf.int32)
     return tf.where(tf.reduce_any(flags), first + 1, 0)
 
@@ -42,12 +42,12 @@ def all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
-def agree_across_replicas(code: tf.Tensor) -> tf.Tensor:
-    """The largest fault code of all replicas, so that every replica skips the same steps."""
+def agree_across_replicas(flags: tf.Tensor) -> tf.Tensor:
+    """Each check failed on some replica (bool vector), so that every replica skips the same steps."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
-        return code
-    return context.all_reduce(tf.distribute.ReduceOp.MAX, code)
+        return flags
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(flags, tf.float32)) > 0
 
 
 class FaultRecord:
@@ -57,13 +57,15 @@ class FaultRecord:
     """
 
     def __init__(self) -> None:
-        self.code = keras.Variable(0, dtype="int32", trainable=False, name="fault_code", aggregation="only_first_replica")
+        self.code = keras.Variable(
+            0, dtype="int32", trainable=False, name="fault_code", aggregation="only_first_replica"
+        )
         self.messages: list[str] = []
 
     def record(self, faults: Sequence[Fault]) -> tf.Tensor:
         """Record the first failed check of this step (keeping an earlier unreported one); its code."""
         self.messages = [fault.message for fault in faults]
-        code = agree_across_replicas(first_fault_code([fault.failed for fault in faults]))
+        code = first_fault_code([fault.failed for fault in faults])
         self.code.assign(tf.where(tf.equal(self.code, 0), code, self.code))
         return code
 
@@ -80,7 +82,9 @@ class FaultRecord:
         raise StepFault(f"{message} That step made no update.")
 
 
-def apply_if(sound: tf.Tensor, apply: Callable[[Any], Any], gradients: Any, commit: Callable[[], Any] | None = None) -> None:
+def apply_if(
+    sound: tf.Tensor, apply: Callable[[Any], Any], gradients: Any, commit: Callable[[], Any] | None = None
+) -> None:
     """Run `apply(gradients)` (the optimizer update) and `commit()` (aggregator state) only if `sound`.
 
     `sound` must be the same on every replica. On one device (and strategies without merge calls)

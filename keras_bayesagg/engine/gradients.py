@@ -142,4 +142,6 @@ def route(
             extra = tape.gradient(scaled_regularization, list(trunk_variables))
             trunk = [g if e is None else g + tf.cast(e, g.dtype) for g, e in zip(trunk, extra)]
         return trunk + others
-    raise TypeError(f"Unknown aggregation {type(aggregation).__name__}; aggregators return one of the three kinds in base.py.")
+    raise TypeError(
+        f"Unknown aggregation {type(aggregation).__name__}; aggregators return one of the three kinds in base.py."
+    )

@@ -52,7 +52,9 @@ class AtomMessagePassing(layers.Layer):
         distance = ops.sqrt(ops.sum(ops.square(difference), axis=-1) + 1e-9)
         count = ops.shape(mask)[1]
         not_self = 1.0 - ops.eye(count, dtype=self.compute_dtype)
-        adjacency = mask[:, :, None] * mask[:, None, :] * not_self[None] * ops.cast(distance < self.cutoff, self.compute_dtype)
+        adjacency = (
+            mask[:, :, None] * mask[:, None, :] * not_self[None] * ops.cast(distance < self.cutoff, self.compute_dtype)
+        )
         centers = ops.linspace(0.0, self.cutoff, self.num_rbf)
         width = (self.cutoff / self.num_rbf) ** 2
         rbf = ops.exp(-ops.square(distance[..., None] - ops.cast(centers, self.compute_dtype)) / width)

@@ -1,11 +1,6 @@
-"""BayesAgg-MTL (Achituve et al., ICML 2024): inverse-variance aggregation of Bayesian task gradients.
-
-The composer: each linear head gets a posterior (its prior is the full-data posterior of the
-previous epoch), which induces a Gaussian over every task's per-sample gradient w.r.t. h (exact
-for regression, Monte Carlo for classification); the task gradients are combined per sample and
-per dimension with weights ∝ 1/σ²^s (paper Eq. 9). The parts own their state:
-`RegressionPart` (sufficient statistics and prior), `ClassificationGroup` (priors of the binary
-outputs and of each multiclass head), `RowStaging` (rows for the classification refresh).
+"""BayesAgg-MTL (Achituve et al., ICML 2024), the composer: per-task Gaussian gradient moments from the
+head posteriors, combined per sample and dimension with weights ∝ 1/σ²^s (paper Eq. 9). State lives in
+the parts: `RegressionPart`, `ClassificationGroup` (a binary set / a multiclass head), `RowStaging`.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from keras_bayesagg.aggregators.base import (
     peek_seeds,
     sum_of_losses_gradient,
 )
-from keras_bayesagg.aggregators.bayesagg import memory
+from keras_bayesagg.aggregators.bayesagg import evidence_log, memory
 from keras_bayesagg.aggregators.bayesagg.classification_part import ClassificationGroup
 from keras_bayesagg.aggregators.bayesagg.regression_part import RegressionPart
 from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
@@ -40,6 +35,8 @@ from keras_bayesagg.validation import (
 )
 
 LINALG_DTYPES = ("float32", "float64")
+MOMENTS = ("exact", "monte_carlo")
+INITIAL_AUTO_PRIOR_VARIANCE = 0.005  # the paper's γ, where the evidence iteration starts
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -47,16 +44,21 @@ class BayesAgg(Aggregator):
     """BayesAgg-MTL for any mix of `Regression`, `Binary` and `Multiclass` tasks.
 
     Args:
-        prior_variance: γ of the prior N(0, γI) of the full-data posterior.
+        prior_variance: γ of the prior N(0, γI) of the full-data posterior, or "auto": chosen at
+            each refresh by the evidence (MacKay's fixed point), per group — the regression tasks
+            together, each binary output, each multiclass head — starting from 0.005 and then
+            from the last choice (`chosen_prior_variances()`, logged as `prior_variance/<group>`).
         regression_power: s_reg ∈ (0, 1], the power of regression gradient variances.
         classification_power: s_cls ∈ (0, 1], the power of classification gradient variances.
         num_samples: S, Monte Carlo draws of classification head weights per step.
+        moments: "exact" (default): binary outputs and 2-class heads get exact gradient moments
+            (one-dimensional Gaussian integrals by quadrature: no draws, no noise); multiclass
+            heads with more classes use Monte Carlo. "monte_carlo": the paper's estimator everywhere.
         warmup_epochs: epochs trained with linear scalarization before BayesAgg takes over.
         seed: seed of the Monte Carlo draws (same seed, same run; works under XLA).
         linalg_dtype: "float32" or "float64" for posteriors, factorizations and moments.
-        feature_buffer_rows: rows of (h, labels) staged on the device for the classification
-            full-data prior (moved to host memory after steps); must hold at least the rows of
-            one `steps_per_execution` call.
+        feature_buffer_rows: rows of (h, labels) staged on the device for the classification prior
+            (moved to host memory after steps); at least the rows of one `steps_per_execution` call.
         memory_limit_gb: refuse task layouts whose state and per-step work would take more
             (estimated before allocating; None: no check).
 
@@ -67,10 +69,11 @@ class BayesAgg(Aggregator):
 
     def __init__(
         self,
-        prior_variance: float = 0.005,
+        prior_variance: float | str = 0.005,
         regression_power: float = 0.3,
         classification_power: float = 0.1,
         num_samples: int = 1024,
+        moments: str = "exact",
         warmup_epochs: int = 1,
         seed: int | None = None,
         linalg_dtype: str = "float32",
@@ -80,7 +83,12 @@ class BayesAgg(Aggregator):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        self.prior_variance = positive_float("BayesAgg", "prior_variance", prior_variance)
+        self.prior_variance = (
+            "auto"
+            if prior_variance == "auto"
+            else positive_float("BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"')
+        )
+        self.moments = one_of("BayesAgg", "moments", moments, MOMENTS)
         self.regression_power = power("BayesAgg", "regression_power", regression_power)
         self.classification_power = power("BayesAgg", "classification_power", classification_power)
         self.num_samples = whole_number("BayesAgg", "num_samples", num_samples)
@@ -100,21 +108,32 @@ class BayesAgg(Aggregator):
                 "full-data statistics and feature buffer are per-process state. Train on one device, or use "
                 "another aggregator under this strategy."
             )
-        memory.refuse_if_too_large(layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb)
+        memory.refuse_if_too_large(
+            layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb
+        )
         dim = layout.representation_dim
-        self.completed_epochs = self.add_weight(name="completed_epochs", shape=(), dtype="int32", initializer="zeros",
-                                                trainable=False)
-        self.epoch_steps = self.add_weight(name="epoch_steps", shape=(), dtype="int32", initializer="zeros", trainable=False)
+        self.completed_epochs = self.add_weight(
+            name="completed_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
+        self.epoch_steps = self.add_weight(
+            name="epoch_steps", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
         units = {name: task.units for name, task in layout.tasks.items()}
         regression = {name: units[name] for name in layout.names_of(Regression)}
         binary = {name: units[name] for name in layout.names_of(Binary)}
-        common = dict(dim=dim, prior_variance=self.prior_variance, dtype=self.linalg_dtype)
+        fixed = None if self.prior_variance == "auto" else self.prior_variance
+        common = dict(
+            dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
+        )
         self.regression = RegressionPart(self, regression, **common) if regression else None
         self.groups: list[ClassificationGroup] = []
+        exact = self.moments == "exact"
         if binary:
-            self.groups.append(ClassificationGroup(self, "binary", binary, multiclass=False, **common))
+            self.groups.append(ClassificationGroup(self, "binary", binary, multiclass=False, exact=exact, **common))
         for name in layout.names_of(Multiclass):
-            self.groups.append(ClassificationGroup(self, name, {name: units[name]}, multiclass=True, **common))
+            self.groups.append(
+                ClassificationGroup(self, name, {name: units[name]}, multiclass=True, exact=exact, **common)
+            )
         self.staging = None
         if self.groups:
             self.staging = RowStaging(self.feature_buffer_rows, dim, sum(group.label_columns for group in self.groups))
@@ -158,8 +177,11 @@ class BayesAgg(Aggregator):
 
         gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
         faults = tuple(
-            Fault(failed[index], f"BayesAgg: the batch posterior of task '{name}' ({self.layout.tasks[name].describe()}) "
-                                 "could not be factored even with jitter (non-finite or huge representations or head weights).")
+            Fault(
+                failed[index],
+                f"BayesAgg: the batch posterior of task '{name}' ({self.layout.tasks[name].describe()}) "
+                "could not be factored even with jitter (non-finite or huge representations or head weights).",
+            )
             for index, name in enumerate(names)
         )
         collect = self._collect(features, targets, inputs.representation, group_labels)
@@ -170,29 +192,27 @@ class BayesAgg(Aggregator):
             self.epoch_steps.assign_add(1)
 
         return RepresentationAggregation(
-            objective=tf.reduce_sum(inputs.losses), representation_gradient=gradient, task_weights=weights,
-            commit=commit, faults=faults,
+            objective=tf.reduce_sum(inputs.losses),
+            representation_gradient=gradient,
+            task_weights=weights,
+            commit=commit,
+            faults=faults,
         )
 
-    def _collect(self, features: tf.Tensor, targets: tf.Tensor | None, representation: tf.Tensor,
-                 group_labels: list[tf.Tensor]) -> Any:
-        """The write of this step's full-data statistics; only the last warm-up epoch's data and later
-        become a prior, so earlier epochs collect nothing."""
-        writes = []
-        if self.regression:
-            writes.append(self.regression.collect(features, targets))
+    def _collect(self, features: tf.Tensor, targets: Any, representation: tf.Tensor, group_labels: list) -> Any:
+        """The write of this step's full-data statistics (only from the last warm-up epoch on: earlier
+        epochs' data never becomes a prior)."""
+        writes = [self.regression.collect(features, targets)] if self.regression else []
         if self.staging:
             writes.append(self.staging.write(representation, tf.concat(group_labels, axis=1)))
+        needed = self.completed_epochs + 1 >= self.warmup_epochs
 
-        def collect() -> None:
-            def run() -> tf.Tensor:
-                for write in writes:
-                    write()
-                return tf.constant(0)
+        def run() -> tf.Tensor:
+            for write in writes:
+                write()
+            return tf.constant(0)
 
-            tf.cond(self.completed_epochs + 1 >= self.warmup_epochs, run, lambda: tf.constant(0))
-
-        return collect
+        return lambda: tf.cond(needed, run, lambda: tf.constant(0))
 
     # ------------------------------------------------------------------ per batch / per epoch
     def begin_epoch(self) -> None:
@@ -243,6 +263,15 @@ class BayesAgg(Aggregator):
                 return group
         raise KeyError(f"BayesAgg has no classification task '{task_name}'.")
 
+    def chosen_prior_variances(self) -> dict[str, float]:
+        """The evidence's γ per group after the last refresh (empty unless prior_variance="auto")."""
+        if not self.built or self.prior_variance != "auto":
+            return {}
+        return evidence_log.chosen_prior_variances(self.regression, self.groups, self.layout)
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        return [evidence_log.PriorVarianceLog(self)] if self.prior_variance == "auto" else []
+
     @property
     def overridden_heads(self) -> tuple[str, ...]:
         return tuple(self.regression.task_units) if self.built and self.regression else ()
@@ -261,6 +290,7 @@ class BayesAgg(Aggregator):
             "regression_power": self.regression_power,
             "classification_power": self.classification_power,
             "num_samples": self.num_samples,
+            "moments": self.moments,
             "warmup_epochs": self.warmup_epochs,
             "seed": self.seed,
             "linalg_dtype": self.linalg_dtype,

@@ -14,10 +14,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bayesagg.bayes import classification
+from keras_bayesagg.bayes import classification, evidence, exact_moments
 from keras_bayesagg.bayes.regression import GradientMoments
 
 FULL_DATA_CHUNK_ROWS = 4096
+QUADRATURE_NODES = 64  # exact to ~1e-7 up to logit variances of 10 (32 nodes: 1e-4), at the same cost
+EVIDENCE_ITERATIONS = 10
 
 
 def _batched_identity(scale: float) -> Any:
@@ -36,14 +38,28 @@ class ClassificationGroup:
         prefix: variable name prefix ("binary" or the multiclass task's name).
         task_units: the group's tasks and their outputs (classes for a multiclass head).
         multiclass: one softmax head (True) or a set of independent binary outputs (False).
+        prior_variance: γ of the full-data prior, or None to choose it per block by the evidence
+            (starting from `initial_prior_variance`, then from the last epoch's choice).
+        exact: exact (quadrature) moments where they exist (binary outputs, 2-class heads).
     """
 
-    def __init__(self, owner: keras.layers.Layer, prefix: str, task_units: Mapping[str, int], dim: int,
-                 prior_variance: float, dtype: str, multiclass: bool) -> None:
+    def __init__(
+        self,
+        owner: keras.layers.Layer,
+        prefix: str,
+        task_units: Mapping[str, int],
+        dim: int,
+        prior_variance: float | None,
+        dtype: str,
+        multiclass: bool,
+        exact: bool,
+        initial_prior_variance: float,
+    ) -> None:
         self.task_units = dict(task_units)
         self.multiclass = multiclass
         self.prior_variance = prior_variance
         self.dtype = dtype
+        self.exact = exact and (not multiclass or self.task_units[next(iter(self.task_units))] == 2)
         self.label_columns = sum(self.task_units.values())
         width = dim + 1
         self.blocks, self.block_size = (1, self.label_columns * width) if multiclass else (self.label_columns, width)
@@ -51,9 +67,16 @@ class ClassificationGroup:
         def state(name: str, shape: tuple[int, ...], initializer: Any = "zeros") -> keras.Variable:
             return owner.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False)
 
-        size = self.block_size
-        self.prior_precision = state(f"{prefix}_prior_precision", (self.blocks, size, size), _batched_identity(1.0 / prior_variance))
+        size, start = self.block_size, initial_prior_variance if prior_variance is None else prior_variance
+        self.prior_precision = state(
+            f"{prefix}_prior_precision", (self.blocks, size, size), _batched_identity(1.0 / start)
+        )
         self.prior_mean = state(f"{prefix}_prior_mean", (self.blocks, size))
+        self.chosen_prior_variance = None  # per block, only when chosen by the evidence (saved with the model)
+        if prior_variance is None:
+            self.chosen_prior_variance = state(
+                f"{prefix}_chosen_prior_variance", (self.blocks,), keras.initializers.Constant(initial_prior_variance)
+            )
 
     def labels(self, labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """The group's label columns side by side: [B, label_columns]."""
@@ -69,8 +92,9 @@ class ClassificationGroup:
             return classification.multiclass_curvature(features, labels, tf.reshape(weights, [self.label_columns, -1]))
         return classification.binary_curvature(features, labels, weights)
 
-    def moments(self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, num_samples: int,
-                seed: tf.Tensor) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
+    def moments(
+        self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, num_samples: int, seed: tf.Tensor
+    ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
         """Per task: gradient moments [B, units or 1, D] under the batch posterior, and whether it factored."""
         labels = tf.cast(labels, self.dtype)
         posterior = classification.newton_posterior(
@@ -81,12 +105,20 @@ class ClassificationGroup:
         )
         if self.multiclass:
             (name,) = self.task_units
-            moments = classification.multiclass_gradient_moments(posterior, features, labels, num_samples, seed)
+            if self.exact:
+                moments = exact_moments.two_class_gradient_moments_exact(posterior, features, labels, QUADRATURE_NODES)
+            else:
+                moments = classification.multiclass_gradient_moments(posterior, features, labels, num_samples, seed)
             return {name: moments}, {name: tf.reduce_all(posterior.ok)}
-        moments = classification.binary_gradient_moments(posterior, features, labels, num_samples, seed)
+        if self.exact:
+            moments = exact_moments.binary_gradient_moments_exact(posterior, features, labels, QUADRATURE_NODES)
+        else:
+            moments = classification.binary_gradient_moments(posterior, features, labels, num_samples, seed)
         split, ok, start = {}, {}, 0
         for name, units in self.task_units.items():
-            split[name] = GradientMoments(moments.mean[:, start : start + units], moments.variance[:, start : start + units])
+            split[name] = GradientMoments(
+                moments.mean[:, start : start + units], moments.variance[:, start : start + units]
+            )
             ok[name] = tf.reduce_all(posterior.ok[start : start + units])
             start += units
         return split, ok
@@ -101,11 +133,19 @@ class ClassificationGroup:
                 weights,
             )
             total = chunk if total is None else classification.add_curvatures(total, chunk)
-        prior = classification.isotropic_prior(self.blocks, self.block_size, self.prior_variance, self.dtype)
-        posterior = classification.newton_posterior(total, weights, *prior)
+        if self.chosen_prior_variance is None:
+            prior_variance = tf.fill([self.blocks], tf.constant(self.prior_variance, self.dtype))
+        else:
+            prior_variance = evidence.classification_evidence_variance(
+                total, weights, tf.convert_to_tensor(self.chosen_prior_variance), EVIDENCE_ITERATIONS
+            )
+        precision = tf.eye(self.block_size, batch_shape=[self.blocks], dtype=self.dtype) / prior_variance[:, None, None]
+        posterior = classification.newton_posterior(total, weights, precision, tf.zeros_like(weights))
         self._check(posterior.ok.numpy())
         self.prior_precision.assign(posterior.precision)
         self.prior_mean.assign(posterior.mean)
+        if self.chosen_prior_variance is not None:
+            self.chosen_prior_variance.assign(prior_variance)
 
     def _check(self, block_ok: np.ndarray) -> None:
         start = 0

@@ -28,8 +28,13 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = A
     outputs = sum(task.units for task in layout.tasks.values() if isinstance(task, Regression))
     if outputs:
         # Three D×D state matrices, the D×D posterior of a step with B >= D, the rank-B update otherwise.
-        items.append(MemoryItem("regression tasks", itemsize * (5 * dim * dim + 3 * batch * dim + 2 * outputs * dim),
-                                "a smaller representation dimension D"))
+        items.append(
+            MemoryItem(
+                "regression tasks",
+                itemsize * (5 * dim * dim + 3 * batch * dim + 2 * outputs * dim),
+                "a smaller representation dimension D",
+            )
+        )
     binary = sum(task.units for task in layout.tasks.values() if isinstance(task, Binary))
     if binary:
         blocks = binary * width * width * 4  # prior, GGN, precision, factor
@@ -41,8 +46,13 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = A
             pairs = classes * (classes + 1) // 2
             matrices = 5 * size * size  # prior, class grams, GGN, precision, factor
             draws = num_samples * (2 * size + pairs * dim + batch * (pairs + 2 * classes))
-            items.append(MemoryItem(f"multiclass task '{name}' ({classes} classes)", itemsize * (matrices + draws),
-                                    "fewer num_samples (per-step memory grows as S·C²·(B + D)), fewer classes or a smaller D"))
+            items.append(
+                MemoryItem(
+                    f"multiclass task '{name}' ({classes} classes)",
+                    itemsize * (matrices + draws),
+                    "fewer num_samples (per-step memory grows as S·C²·(B + D)), fewer classes or a smaller D",
+                )
+            )
     return items
 
 
