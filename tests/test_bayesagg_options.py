@@ -48,7 +48,9 @@ def test_monte_carlo_is_one_argument_away():
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_auto_prior_variance_is_chosen_per_group_logged_and_saved(tmp_path, jit_compile):
     model = make_mixed_model()
-    model.compile(optimizer="adam", aggregator=kb.BayesAgg(prior_variance="auto", num_samples=16), jit_compile=jit_compile)
+    model.compile(
+        optimizer="adam", aggregator=kb.BayesAgg(prior_variance="auto", num_samples=16), jit_compile=jit_compile
+    )
     history = model.fit(mixed_dataset(), epochs=2, verbose=0).history
     chosen = model.aggregator.chosen_prior_variances()
     assert set(chosen) == {"regression", "flags[0]", "flags[1]", "flags[2]", "kind"}
