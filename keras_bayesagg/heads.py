@@ -78,15 +78,11 @@ class LinearHead(keras.layers.Layer):
         return tf.matmul(tf.cast(inputs, kernel.dtype), kernel) + bias
 
     def load_own_variables(self, store: Any) -> None:
-        # Version 0.1.0 gave every regression head a (posterior kernel, switch) pair. Keep it as the
-        # override when this head has one; drop it when it was never switched on.
-        if len(store.keys()) == 4 and not self.has_override:
-            if float(store["3"][...]) != 0.0:
-                raise ValueError(
-                    f"Head '{self.name}' was saved predicting with a BayesAgg posterior mean; compile the model "
-                    "with kb.BayesAgg() before loading these weights."
-                )
-            store = {"0": store["0"], "1": store["1"]}
+        # A head saved with an override (kernel, switch) gets one, whatever aggregator this model is
+        # compiled with now: the override is part of what the head predicts. Version 0.1.0 saved
+        # such a pair for every regression head (switched off unless BayesAgg had set it).
+        if len(list(store.keys())) == 4 and not self.has_override:
+            self.add_override()
         super().load_own_variables(store)
 
     def get_config(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import tensorflow as tf
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import IMTLG, MGDA, AggregatorInputs, AlignedMTL, CAGrad, NashMTL, PCGrad, TaskLayout
 from keras_bayesagg.aggregators.pcgrad import pcgrad_weights
+from tests.conftest import applied
 
 J = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 G1, G2 = J
@@ -135,8 +136,7 @@ def direction_for(aggregator: kb.aggregators.Aggregator, jacobian: np.ndarray = 
             task_gradients=gradients[None] if representation else None,
             parameter_gradients=None if representation else gradients,
             labels={},
-            logits={},
-            heads={},
+            head_weights={},
         )
     )
     direction = result.representation_gradient[0] if representation else result.parameter_gradient
@@ -212,10 +212,9 @@ def test_nash_mtl_max_norm_clips_only_longer_directions(level, max_norm):
 def test_nash_mtl_reported_weights_are_the_coefficients_of_the_clipped_direction():
     aggregator = NashMTL(level="parameters")
     aggregator.build_for(layout())
-    result = aggregator.aggregate(
-        AggregatorInputs(
-            tf.zeros([2]), tf.zeros([1, 3]), None, {}, {}, {}, parameter_gradients=tf.constant(J, tf.float32)
-        )
+    result = applied(
+        aggregator,
+        AggregatorInputs(tf.zeros([2]), tf.zeros([1, 3]), None, {}, {}, parameter_gradients=tf.constant(J, tf.float32)),
     )
     np.testing.assert_allclose(result.task_weights.numpy() @ J, result.parameter_gradient.numpy(), rtol=1e-5)
     # The bargaining weights kept for `update_weights_every` stay unclipped.
@@ -228,9 +227,7 @@ def test_nash_mtl_max_norm_compiles_under_xla_at_the_representation_level():
     aggregator.build_for(TaskLayout({"a": kb.tasks.Regression(), "b": kb.tasks.Regression()}, 3))
     step = tf.function(
         lambda g: (
-            aggregator.aggregate(
-                AggregatorInputs(tf.zeros([2]), tf.zeros([4, 3]), g, {}, {}, {})
-            ).representation_gradient
+            aggregator.aggregate(AggregatorInputs(tf.zeros([2]), tf.zeros([4, 3]), g, {}, {})).representation_gradient
         ),
         jit_compile=True,
     )
@@ -245,7 +242,7 @@ def direction_unclipped(gradients: np.ndarray) -> np.ndarray:
     aggregator = NashMTL(max_norm=None)
     aggregator.build_for(layout())
     return aggregator.aggregate(
-        AggregatorInputs(tf.zeros([2]), tf.zeros([4, 3]), tf.constant(gradients), {}, {}, {})
+        AggregatorInputs(tf.zeros([2]), tf.zeros([4, 3]), tf.constant(gradients), {}, {})
     ).representation_gradient.numpy()
 
 
