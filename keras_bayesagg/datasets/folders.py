@@ -103,17 +103,14 @@ def utkface(
         "gender": np.array([p[2] for p in parsed], dtype="int32"),
         "ethnicity": np.array([p[3] for p in parsed], dtype="int32"),
     }
-    train, validation, test = _pipelines(
-        paths, labels, parts, lambda p: resize_and_center_crop(decode_image(p), resize, image_size), batch_size, seed
-    )
-    return MultiTaskData(
-        train=train,
-        validation=validation,
-        test=test,
+    return _image_data(
+        paths,
+        labels,
+        parts,
+        (resize, image_size, batch_size, seed),
         tasks={"age": Regression(), "gender": Multiclass(2), "ethnicity": Multiclass(5)},
         higher_is_better={"age": {"mae": False}, "gender": {"accuracy": True}, "ethnicity": {"accuracy": True}},
         metric_factory=_utkface_metrics,
-        num_examples={"train": len(parts[0]), "validation": len(parts[1]), "test": len(parts[2])},
         target_scale={"age": (mean, std)},
         skipped=tuple(skipped),
     )
@@ -165,16 +162,28 @@ def chestxray14(
     findings = [set(r["Finding Labels"].split("|")) for r in kept]
     labels = {f: np.array([[float(f in s)] for s in findings], dtype="float32") for f in CHESTXRAY14_FINDINGS}
     paths = np.array([images[r["Image Index"]] for r in kept])
-    train, validation, test = _pipelines(
-        paths, labels, parts, lambda p: resize_and_center_crop(decode_image(p), resize, image_size), batch_size, seed
-    )
-    return MultiTaskData(
-        train=train,
-        validation=validation,
-        test=test,
+    return _image_data(
+        paths,
+        labels,
+        parts,
+        (resize, image_size, batch_size, seed),
         tasks={f: Binary(1) for f in CHESTXRAY14_FINDINGS},
         higher_is_better={f: {"auc": True} for f in CHESTXRAY14_FINDINGS},
         metric_factory=_chest_metrics,
-        num_examples={"train": len(parts[0]), "validation": len(parts[1]), "test": len(parts[2])},
         skipped=tuple(r["Image Index"] for r in rows if r["Image Index"] not in images),
     )
+
+
+def _image_data(
+    paths: np.ndarray, labels: dict[str, np.ndarray], parts: tuple, sizes: tuple[int, int, int, int], **fields: Any
+) -> MultiTaskData:
+    """Decoded, resized and center-cropped image pipelines for the three splits, wrapped with the task fields.
+
+    `sizes` is (resize, image_size, batch_size, seed).
+    """
+    resize, image_size, batch_size, seed = sizes
+    train, validation, test = _pipelines(
+        paths, labels, parts, lambda p: resize_and_center_crop(decode_image(p), resize, image_size), batch_size, seed
+    )
+    counts = {"train": len(parts[0]), "validation": len(parts[1]), "test": len(parts[2])}
+    return MultiTaskData(train=train, validation=validation, test=test, num_examples=counts, **fields)

@@ -10,14 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import (
-    Aggregation,
-    Aggregator,
-    AggregatorInputs,
-    ObjectiveAggregation,
-    ParameterAggregation,
-    RepresentationAggregation,
-)
+from keras_bayesagg.aggregators import base
 from keras_bayesagg.tasks import Task
 
 
@@ -73,7 +66,7 @@ def unflatten(flat: tf.Tensor, variables: Sequence[tf.Variable]) -> list[tf.Tens
 
 
 def aggregator_inputs(
-    aggregator: Aggregator,
+    aggregator: base.Aggregator,
     tape: tf.GradientTape,
     tasks: Mapping[str, Task],
     labels: Mapping[str, tf.Tensor],
@@ -83,14 +76,14 @@ def aggregator_inputs(
     kernels: Mapping[str, tf.Tensor],
     head_weights: Mapping[str, tf.Tensor],
     trunk_variables: Sequence[tf.Variable],
-) -> AggregatorInputs:
+) -> base.AggregatorInputs:
     """What the aggregator sees (tensors only); task or parameter gradients only when it asks for them."""
     task_gradients = parameter_gradients = None
     if aggregator.needs_task_gradients:
         task_gradients = per_sample_task_gradients(tasks, labels, logits, kernels)
     if aggregator.needs_parameter_gradients:
         parameter_gradients = per_unit_parameter_gradients(tape, losses, trunk_variables)
-    return AggregatorInputs(
+    return base.AggregatorInputs(
         losses=losses,
         representation=tf.stop_gradient(representation),
         task_gradients=task_gradients,
@@ -101,7 +94,7 @@ def aggregator_inputs(
 
 
 def scaled_objectives(
-    aggregation: Aggregation, regularization: tf.Tensor | None, scale: tf.Tensor
+    aggregation: base.Aggregation, regularization: tf.Tensor | None, scale: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """((objective + regularization)·scale, regularization·scale): call under the tape, for `route`."""
     objective = aggregation.objective if regularization is None else aggregation.objective + regularization
@@ -109,7 +102,7 @@ def scaled_objectives(
 
 
 def route(
-    aggregation: Aggregation,
+    aggregation: base.Aggregation,
     tape: tf.GradientTape,
     representation: tf.Tensor,
     scaled_objective: tf.Tensor,
@@ -126,17 +119,17 @@ def route(
     trunk gets, by the kind of aggregation: the gradient of that objective, the back-propagated
     representation gradient, or the given parameter gradient (plus the regularization's gradient).
     """
-    if isinstance(aggregation, ObjectiveAggregation):
+    if isinstance(aggregation, base.ObjectiveAggregation):
         return tape.gradient(scaled_objective, list(trunk_variables) + list(other_variables))
     others = tape.gradient(scaled_objective, list(other_variables))
-    if isinstance(aggregation, RepresentationAggregation):
+    if isinstance(aggregation, base.RepresentationAggregation):
         targets = [representation]
         output_gradients = [tf.cast(aggregation.representation_gradient * scale, representation.dtype)]
         if scaled_regularization is not None:
             targets.append(scaled_regularization)
             output_gradients.append(tf.ones_like(scaled_regularization))
         return tape.gradient(targets, list(trunk_variables), output_gradients=output_gradients) + others
-    if isinstance(aggregation, ParameterAggregation):
+    if isinstance(aggregation, base.ParameterAggregation):
         trunk = unflatten(aggregation.parameter_gradient * scale, trunk_variables)
         if scaled_regularization is not None:
             extra = tape.gradient(scaled_regularization, list(trunk_variables))
