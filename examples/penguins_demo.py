@@ -97,7 +97,8 @@ def verdict(deltas: dict[str, float], rows: int) -> str:
     return (
         f"With {rows} training rows the paper's fixed prior N(0, 0.005·I) shrinks the head posteriors, and BayesAgg "
         f"with it {against(fixed)} linear scalarization (Δm {fixed:+.2f}% vs {linear:+.2f}%); with the prior variance "
-        f"chosen by the evidence it {against(auto)} it (Δm {auto:+.2f}%). Small data sets like this one are where "
+        f'chosen by the evidence (prior_variance="auto") it {against(auto)} linear scalarization (Δm {auto:+.2f}%). '
+        "Small data sets like this one are where "
         "BayesAgg is weakest; see docs/when-it-helps.md."
     )
 
