@@ -81,8 +81,14 @@ class LinearHead(keras.layers.Layer):
         # A head saved with an override (kernel, switch) gets one, whatever aggregator this model is
         # compiled with now: the override is part of what the head predicts. Version 0.1.0 saved
         # such a pair for every regression head (switched off unless BayesAgg had set it).
-        if len(list(store.keys())) == 4 and not self.has_override:
+        saved = len(list(store.keys()))
+        if saved == 4 and not self.has_override:
             self.add_override()
+        if saved == 2 and self.has_override:  # saved without an override: it stays off
+            self.kernel.assign(store["0"])
+            self.bias.assign(store["1"])
+            self.override_active.assign(0.0)
+            return
         super().load_own_variables(store)
 
     def get_config(self) -> dict[str, Any]:

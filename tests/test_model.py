@@ -327,3 +327,21 @@ def test_models_saved_by_version_0_1_0_still_load():
             np.testing.assert_allclose(values, data[f"{label}/{task}"], rtol=1e-5, atol=1e-6, err_msg=f"{label}/{task}")
         assert isinstance(model.aggregator, kb.BayesAgg if label == "bayesagg" else kb.aggregators.LinearScalarization)
     model.fit(tf.data.Dataset.from_tensor_slices(mixed_task_data(num_samples=128)).batch(64), epochs=1, verbose=0)
+
+
+def test_head_weights_move_between_models_with_and_without_overrides(tmp_path):
+    x, y = mixed_task_data(num_samples=128)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    linear = make_mixed_model()
+    linear.compile(optimizer="adam")
+    linear.fit(dataset, epochs=1, verbose=0)
+    path = str(tmp_path / "linear.weights.h5")
+    linear.save_weights(path)
+    bayes = make_mixed_model(seed=1)
+    bayes.compile(optimizer="adam", aggregator=kb.BayesAgg(num_samples=8))
+    bayes.build((None, 12))
+    assert bayes.heads["value"].has_override
+    bayes.load_weights(path, skip_mismatch=True)  # the aggregators differ; the heads load
+    np.testing.assert_allclose(
+        bayes.predict(x[:8], verbose=0)["value"], linear.predict(x[:8], verbose=0)["value"], rtol=1e-5
+    )
