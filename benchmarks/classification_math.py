@@ -18,8 +18,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from exact_moments import problem  # noqa: E402  (this folder; the same random problem)
 
 from keras_bayesagg.bayes import classification  # noqa: E402
 
@@ -50,18 +50,8 @@ def step_function(kind: str, samples: int):
 
 
 def time_shape(batch: int, dim: int, kind: str, units: int, samples: int, repeats: int) -> float:
-    rng = np.random.default_rng(0)
-    features = tf.constant(rng.normal(size=(batch, dim)), tf.float32)
-    weights = tf.constant(0.05 * rng.normal(size=(units, dim + 1)), tf.float32)
-    if kind == "binary":
-        labels = tf.constant(rng.integers(0, 2, size=(batch, units)), tf.float32)
-        flat, blocks = weights, units
-    else:
-        labels = tf.one_hot(rng.integers(0, units, size=batch), units)
-        flat, blocks = tf.reshape(weights, [1, -1]), 1
-    prior = classification.isotropic_prior(blocks, int(flat.shape[1]), 0.005, tf.float32)
+    features, labels, weights, flat, *prior, seed = problem(batch, dim, kind, units)
     step = step_function(kind, samples)
-    seed = tf.constant([0, 1])
     step(features, labels, weights, flat, *prior, seed)[0].numpy()
     times = []
     for _ in range(repeats):
