@@ -10,7 +10,7 @@ import keras
 from keras_bayesagg.aggregators.base import Aggregator
 from keras_bayesagg.aggregators.linear_scalarization import LinearScalarization
 from keras_bayesagg.engine.faults import FaultRecord
-from keras_bayesagg.tasks import BINARY, MULTICLASS, Task
+from keras_bayesagg.tasks import Binary, Multiclass, Task
 
 
 @dataclasses.dataclass
@@ -36,9 +36,9 @@ def resolve_aggregator(aggregator: Any) -> Aggregator:
 def resolve_accuracy(task: Task, metric: Any) -> Any:
     """'accuracy' means binary accuracy for a Binary set and categorical accuracy for a Multiclass head."""
     if isinstance(metric, str) and metric in ("accuracy", "acc"):
-        if task.kind == BINARY:
+        if isinstance(task, Binary):
             return keras.metrics.BinaryAccuracy(name=metric)
-        if task.kind == MULTICLASS:
+        if isinstance(task, Multiclass):
             return keras.metrics.CategoricalAccuracy(name=metric)
     return metric
 

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from keras_bayesagg.tasks import BINARY, REGRESSION, Task
+from keras_bayesagg.tasks import Binary, Regression, Task
 
 
 def random_task_batch(
@@ -18,9 +18,9 @@ def random_task_batch(
     x = rng.normal(size=(rows, *input_shape)).astype("float32")
     labels: dict[str, np.ndarray] = {}
     for name, task in tasks.items():
-        if task.kind == REGRESSION:
+        if isinstance(task, Regression):
             labels[name] = rng.normal(size=(rows, task.units)).astype("float32")
-        elif task.kind == BINARY:
+        elif isinstance(task, Binary):
             labels[name] = (rng.random((rows, task.units)) < positive_rate).astype("float32")
         else:
             labels[name] = rng.integers(0, task.units, size=rows).astype("int32")
