@@ -14,7 +14,6 @@ import argparse
 import pathlib
 
 import paper_common as common
-import tensorflow_datasets as tfds
 
 import keras_bayesagg as kb
 
@@ -29,11 +28,7 @@ def load(args: argparse.Namespace) -> kb.datasets.MultiTaskData:
 
 
 def load_smoke(args: argparse.Namespace, scratch: pathlib.Path) -> kb.datasets.MultiTaskData:
-    with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
-        data = kb.datasets.cifar_mtl(batch_size=args.batch_size)
-        return kb.datasets.MultiTaskData(
-            **{**vars(data), **{s: getattr(data, s).cache() for s in ("train", "validation", "test")}}
-        )
+    return common.mock_tfds_data(lambda: kb.datasets.cifar_mtl(batch_size=args.batch_size), num_examples=48)
 
 
 BENCHMARK = common.Benchmark(

@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import keras_bayesagg as kb
 
@@ -163,6 +164,15 @@ def run_method(benchmark: Benchmark, data: Any, method: str, args: argparse.Name
         part, _ = train_and_test(benchmark, data, [name], kb.aggregators.LinearScalarization(), args, seed, logs / name)
         scores.update(part)
     return scores, {}
+
+
+def mock_tfds_data(load: Callable[[], Any], num_examples: int) -> Any:
+    """A TFDS loader's MultiTaskData on mock examples (no download), its splits cached so that
+    later passes over them do not need the mock any more."""
+    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = load()
+        cached = {split: getattr(data, split).cache() for split in ("train", "validation", "test")}
+        return kb.datasets.MultiTaskData(**{**vars(data), **cached})
 
 
 def write_image(path: pathlib.Path, seed: int, size: int = 40, png: bool = False) -> None:
