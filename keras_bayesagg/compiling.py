@@ -12,6 +12,17 @@ from keras_bayesagg.aggregators.linear_scalarization import LinearScalarization
 from keras_bayesagg.engine.faults import FaultRecord
 from keras_bayesagg.tasks import Binary, Multiclass, Task
 
+KERAS_COMPILE_ARGUMENTS = (
+    "optimizer",
+    "aggregator",
+    "metrics",
+    "weighted_metrics",
+    "run_eagerly",
+    "steps_per_execution",
+    "jit_compile",
+    "auto_scale_loss",
+)
+
 
 @dataclasses.dataclass
 class CompiledParts:
@@ -20,6 +31,20 @@ class CompiledParts:
 
     aggregator: Aggregator
     faults: FaultRecord | None = None
+
+
+def check_compile_arguments(keras_arguments: Mapping[str, Any]) -> None:
+    """No loss arguments (losses come from the task kinds) and no arguments Keras's compile would not take."""
+    if "loss" in keras_arguments or "loss_weights" in keras_arguments:
+        raise ValueError(
+            "MultiTaskModel derives each task's loss from its kind (squared error, sigmoid or softmax "
+            "cross-entropy); do not pass loss= or loss_weights=. To weigh tasks, pass an aggregator."
+        )
+    unknown = sorted(set(keras_arguments) - set(KERAS_COMPILE_ARGUMENTS))
+    if unknown:
+        raise TypeError(
+            f"MultiTaskModel.compile() got unknown argument(s) {unknown}; it accepts {list(KERAS_COMPILE_ARGUMENTS)}."
+        )
 
 
 def resolve_aggregator(aggregator: Any) -> Aggregator:

@@ -15,22 +15,11 @@ from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
 from keras_bayesagg.building import InputSpec, build_symbolically, input_spec_of, representation_dim
-from keras_bayesagg.compiling import CompiledParts, resolve_aggregator, resolve_metrics
+from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
 from keras_bayesagg.engine import gradients
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
-
-_COMPILE_ARGUMENTS = (
-    "optimizer",
-    "aggregator",
-    "metrics",
-    "weighted_metrics",
-    "run_eagerly",
-    "steps_per_execution",
-    "jit_compile",
-    "auto_scale_loss",
-)
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -121,16 +110,7 @@ class MultiTaskModel(keras.Model):
         **keras_arguments: Any,
     ) -> None:
         """Keras's `compile` plus `aggregator=`; losses come from the task kinds."""
-        if "loss" in keras_arguments or "loss_weights" in keras_arguments:
-            raise ValueError(
-                "MultiTaskModel derives each task's loss from its kind (squared error, sigmoid or softmax "
-                "cross-entropy); do not pass loss= or loss_weights=. To weigh tasks, pass an aggregator."
-            )
-        unknown = sorted(set(keras_arguments) - set(_COMPILE_ARGUMENTS))
-        if unknown:
-            raise TypeError(
-                f"MultiTaskModel.compile() got unknown argument(s) {unknown}; it accepts {list(_COMPILE_ARGUMENTS)}."
-            )
+        check_compile_arguments(keras_arguments)
         aggregator = resolve_aggregator(aggregator)
         keras_arguments["weighted_metrics"] = resolve_metrics(
             self.task_specs, keras_arguments.get("weighted_metrics"), "weighted_metrics"
