@@ -16,7 +16,7 @@ from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
 from keras_bayesagg.building import InputSpec, build_symbolically, input_spec_of, representation_dim
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
-from keras_bayesagg.engine import gradients
+from keras_bayesagg.engine import global_batch, gradients
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
@@ -163,7 +163,8 @@ class MultiTaskModel(keras.Model):
             inputs = gradients.aggregator_inputs(
                 aggregator, tape, tasks, labels, logits, losses, h32, kernels, self.head_weights(), trunk_variables
             )
-            aggregation = aggregator.aggregate(inputs)
+            inputs, own_rows = global_batch.gather(inputs)  # identity on one replica
+            aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows)
             scale = self.optimizer.scale_loss(tf.constant(1.0 / self.distribute_strategy.num_replicas_in_sync))
             objectives = gradients.scaled_objectives(aggregation, self._regularization(), scale)
         grads = gradients.route(aggregation, tape, h, *objectives, trunk_variables, other_variables, scale)

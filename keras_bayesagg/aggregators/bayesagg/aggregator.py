@@ -101,13 +101,6 @@ class BayesAgg(Aggregator):
 
     # ------------------------------------------------------------------ state
     def build_state(self, layout: TaskLayout) -> None:
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            raise ValueError(
-                f"BayesAgg does not support tf.distribute with more than one replica yet (got {replicas}): its "
-                "full-data statistics and feature buffer are per-process state. Train on one device, or use "
-                "another aggregator under this strategy."
-            )
         memory.refuse_if_too_large(
             layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb
         )
