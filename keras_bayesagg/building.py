@@ -61,3 +61,23 @@ def representation_dim(trunk: keras.layers.Layer, input_shape: Any, dtype: str) 
             f"got {spec if shape is None else shape}. Add a Flatten or pooling layer at the end of the trunk."
         )
     return int(shape[-1])
+
+
+def first_replica_batch(strategy: tf.distribute.Strategy, iterator: Any) -> Any:
+    """The first batch of an epoch iterator as replica 0 sees it (no cross-replica op: works on every strategy).
+
+    Keras's own build step reduces the first distributed batch with an eager `strategy.reduce`, which
+    collective strategies (MultiWorkerMirroredStrategy) cannot run (keras-team/keras#20585); one
+    replica's batch has every shape the build needs.
+    """
+    for _, _, batches in iterator:
+        batch = next(batches)
+        return keras.tree.map_structure(
+            lambda value: (
+                strategy.experimental_local_results(value)[0]
+                if isinstance(value, tf.distribute.DistributedValues)
+                else value
+            ),
+            batch,
+        )
+    return None

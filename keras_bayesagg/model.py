@@ -11,12 +11,12 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
+from keras_bayesagg import building
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
-from keras_bayesagg.building import InputSpec, build_symbolically, input_spec_of, representation_dim
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
-from keras_bayesagg.engine import global_batch, gradients
+from keras_bayesagg.engine import global_batch, gradients, step_by_step
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
@@ -60,7 +60,7 @@ class MultiTaskModel(keras.Model):
         return TaskLayout(dict(self.task_specs), self.representation_dim)
 
     def build(self, input_shape: Any) -> None:
-        self.representation_dim = representation_dim(self.trunk, input_shape, self.compute_dtype)
+        self.representation_dim = building.representation_dim(self.trunk, input_shape, self.compute_dtype)
         for head in self.heads.values():
             if not head.built:
                 head.build((None, self.representation_dim))
@@ -137,7 +137,9 @@ class MultiTaskModel(keras.Model):
         """(x, canonical labels) of a batch, building the model on first use."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not self.built:
-            build_symbolically(self, keras.tree.map_structure(lambda t: InputSpec(tuple(t.shape), t.dtype), x))
+            building.build_symbolically(
+                self, keras.tree.map_structure(lambda t: building.InputSpec(tuple(t.shape), t.dtype), x)
+            )
         if sample_weight is not None:
             raise ValueError(
                 "MultiTaskModel does not support sample_weight / class_weight yet; weigh tasks with an aggregator."
@@ -214,7 +216,7 @@ class MultiTaskModel(keras.Model):
             return tf.constant(True)
 
         tf.cond(sound, update, lambda: tf.constant(False))
-        return self.get_metrics_result()
+        return global_batch.logs_for_reduction(self.distribute_strategy, self.get_metrics_result())
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, labels = self._unpack_batch(data)
@@ -251,8 +253,8 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------------ fit / evaluate
     def fit(self, x: Any = None, *args: Any, callbacks: Any = None, validation_data: Any = None, **kwargs: Any) -> Any:
-        if not self.built and input_spec_of(x) is not None:
-            build_symbolically(self, input_spec_of(x))
+        if not self.built and building.input_spec_of(x) is not None:
+            building.build_symbolically(self, building.input_spec_of(x))
         spec = label_checks.validation_label_spec(validation_data)
         if spec is not None:
             label_checks.check_label_spec(self.task_specs, spec, "validation_data")
@@ -263,6 +265,23 @@ class MultiTaskModel(keras.Model):
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )
+
+    def make_train_function(self, force: bool = False) -> Any:
+        if not step_by_step.fused_loop_unsupported(
+            self.distribute_strategy, self.steps_per_execution, self.run_eagerly
+        ):
+            return super().make_train_function(force)
+        if self.train_function is None or force:
+            self.train_function = step_by_step.step_by_step_function(
+                self.distribute_strategy, self.train_step, self.steps_per_execution, bool(self.jit_compile)
+            )
+        return self.train_function
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        # Keras's version fails on MultiWorkerMirroredStrategy (keras-team/keras#20585); see first_replica_batch.
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            iterator, data_batch = None, building.first_replica_batch(self.distribute_strategy, iterator)
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:

@@ -92,3 +92,15 @@ def local_part(aggregation: base.Aggregation, rows: ReplicaRows | None) -> base.
         return aggregation
     own = tf.slice(aggregation.representation_gradient, [rows.offset, 0], [rows.size, -1])
     return dataclasses.replace(aggregation, representation_gradient=own * rows.replicas)
+
+
+def logs_for_reduction(strategy: tf.distribute.Strategy, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A step's logs in the shape Keras can reduce across workers.
+
+    On several workers, Keras reduces each log with `strategy.reduce("MEAN", value, axis=0)`, which
+    fails for the scalars every step returns; a leading axis of one makes it the plain mean.
+    """
+    extended = strategy.extended
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and extended._in_multi_worker_mode()):
+        return logs
+    return {name: tf.reshape(value, [1]) if value.shape.rank == 0 else value for name, value in logs.items()}
