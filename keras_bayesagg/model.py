@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
+from keras_bayesagg import serving
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
 from keras_bayesagg.building import InputSpec, build_symbolically, input_spec_of, representation_dim
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
@@ -262,6 +263,18 @@ class MultiTaskModel(keras.Model):
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )
+
+    # ------------------------------------------------------------------ uncertainty (keras_bayesagg/serving.py)
+    def predict_with_uncertainty(self, x: Any, batch_size: int | None = None) -> dict[str, Any]:
+        """{"<task>/mean", "<task>/variance"} (regression), {"<task>/probabilities", "<task>/entropy"}
+        (binary, multiclass) as arrays, from BayesAgg's full-data posterior; see docs/uncertainty.md."""
+        return serving.predict_with_uncertainty(self, x, batch_size)
+
+    def export(self, filepath: Any, format: str = "tf_saved_model", **kwargs: Any) -> None:
+        """Keras's export; a SavedModel also gets `serve_with_uncertainty` when available (`serving.export`)."""
+        if format != "tf_saved_model":
+            return super().export(filepath, format=format, **kwargs)
+        serving.export(self, filepath, **kwargs)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:
