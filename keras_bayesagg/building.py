@@ -81,3 +81,10 @@ def first_replica_batch(strategy: tf.distribute.Strategy, iterator: Any) -> Any:
             batch,
         )
     return None
+
+
+def symbolic_build_arguments(model: keras.Model, iterator: Any, data_batch: Any) -> dict[str, Any]:
+    """Keras's `_maybe_symbolic_build` arguments with replica 0's first batch in place of a distributed iterator."""
+    if iterator is not None and data_batch is None and model._distribute_strategy is not None:
+        return {"iterator": None, "data_batch": first_replica_batch(model.distribute_strategy, iterator)}
+    return {"iterator": iterator, "data_batch": data_batch}

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg import building
+from keras_bayesagg import building, serving
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
@@ -191,14 +191,10 @@ class MultiTaskModel(keras.Model):
     ) -> tf.Tensor:
         """Record this step's first fault; True when the step may be applied. Under steps_per_execution > 1
         a recorded fault also blocks the rest of the execution, so the error describes the model as it is."""
-        # A loss scale optimizer skips non-finite gradients itself (and lowers its scale).
-        check_gradients = grads is not None and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        faults = step_faults(
-            self.task_specs, labels, h32, per_sample, aggregator_faults, grads if check_gradients else None
-        )
-        record = self._compiled_parts.faults
-        earlier = tf.not_equal(record.code, 0) if self.steps_per_execution > 1 else tf.constant(False)
-        return tf.equal(record.record(faults), 0) & ~earlier
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = None  # it skips non-finite gradients itself (and lowers its scale)
+        faults = step_faults(self.task_specs, labels, h32, per_sample, aggregator_faults, grads)
+        return self._compiled_parts.faults.sound(faults, blocks_rest=self.steps_per_execution > 1)
 
     def _update_metrics(self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor) -> dict:
         """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)."""
@@ -267,21 +263,25 @@ class MultiTaskModel(keras.Model):
         )
 
     def make_train_function(self, force: bool = False) -> Any:
-        if not step_by_step.fused_loop_unsupported(
-            self.distribute_strategy, self.steps_per_execution, self.run_eagerly
-        ):
+        if not step_by_step.install_if_needed(self, force):  # where Keras's fused loop fails (engine/step_by_step.py)
             return super().make_train_function(force)
-        if self.train_function is None or force:
-            self.train_function = step_by_step.step_by_step_function(
-                self.distribute_strategy, self.train_step, self.steps_per_execution, bool(self.jit_compile)
-            )
         return self.train_function
 
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
         # Keras's version fails on MultiWorkerMirroredStrategy (keras-team/keras#20585); see first_replica_batch.
-        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
-            iterator, data_batch = None, building.first_replica_batch(self.distribute_strategy, iterator)
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        super()._maybe_symbolic_build(**building.symbolic_build_arguments(self, iterator, data_batch))
+
+    # ------------------------------------------------------------------ uncertainty (keras_bayesagg/serving.py)
+    def predict_with_uncertainty(self, x: Any, batch_size: int | None = None) -> dict[str, Any]:
+        """{"<task>/mean", "<task>/variance"} (regression), {"<task>/probabilities", "<task>/entropy"}
+        (binary, multiclass) as arrays, from BayesAgg's full-data posterior; see docs/uncertainty.md."""
+        return serving.predict_with_uncertainty(self, x, batch_size)
+
+    def export(self, filepath: Any, format: str = "tf_saved_model", **kwargs: Any) -> None:
+        """Keras's export; a SavedModel also gets `serve_with_uncertainty` when available (`serving.export`)."""
+        if format != "tf_saved_model":
+            return super().export(filepath, format=format, **kwargs)
+        serving.export(self, filepath, **kwargs)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:

@@ -49,3 +49,14 @@ def step_by_step_function(
         return logs
 
     return function
+
+
+def install_if_needed(model: Any, force: bool = False) -> bool:
+    """Give `model` a step-by-step train function where the fused loop fails; False where Keras's own works."""
+    if not fused_loop_unsupported(model.distribute_strategy, model.steps_per_execution, model.run_eagerly):
+        return False
+    if model.train_function is None or force:
+        model.train_function = step_by_step_function(
+            model.distribute_strategy, model.train_step, model.steps_per_execution, bool(model.jit_compile)
+        )
+    return True

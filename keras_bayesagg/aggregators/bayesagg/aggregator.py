@@ -19,7 +19,8 @@ from keras_bayesagg.aggregators.base import (
     sum_of_losses_gradient,
 )
 from keras_bayesagg.aggregators.bayesagg import evidence_log, memory
-from keras_bayesagg.aggregators.bayesagg.classification_part import ClassificationGroup
+from keras_bayesagg.aggregators.bayesagg.classification_part import ClassificationGroup, group_holding
+from keras_bayesagg.aggregators.bayesagg.predictive_part import PredictivePart, PredictiveServing
 from keras_bayesagg.aggregators.bayesagg.regression_part import RegressionPart
 from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
 from keras_bayesagg.bayes.aggregation import inverse_variance_aggregate
@@ -40,7 +41,7 @@ INITIAL_AUTO_PRIOR_VARIANCE = 0.005  # the paper's γ, where the evidence iterat
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
-class BayesAgg(Aggregator):
+class BayesAgg(PredictiveServing, Aggregator):
     """BayesAgg-MTL for any mix of `Regression`, `Binary` and `Multiclass` tasks.
 
     Args:
@@ -134,6 +135,7 @@ class BayesAgg(Aggregator):
         self.unit_powers = tuple(
             self.regression_power if unit.task in regression else self.classification_power for unit in layout.units
         )
+        self.predictive = PredictivePart(self, self.regression, self.groups, self.linalg_dtype)  # variables last
 
     # ------------------------------------------------------------------ per step
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:
@@ -196,6 +198,7 @@ class BayesAgg(Aggregator):
         """The write of this step's full-data statistics (only from the last warm-up epoch on: earlier
         epochs' data never becomes a prior)."""
         writes = [self.regression.collect(features, targets)] if self.regression else []
+        writes += self.predictive.collect(targets)
         if self.staging:
             writes.append(self.staging.write(representation, tf.concat(group_labels, axis=1)))
         needed = self.completed_epochs + 1 >= self.warmup_epochs
@@ -215,6 +218,7 @@ class BayesAgg(Aggregator):
         self.epoch_steps.assign(0)
         if self.regression:
             self.regression.reset()
+            self.predictive.reset()
         if self.staging:
             self.staging.reset()
 
@@ -246,15 +250,14 @@ class BayesAgg(Aggregator):
                 weights = group.weights(head_weights)
                 group.refresh(features, labels[:, column : column + group.label_columns], weights)
                 column += group.label_columns
+        if prior_needed:
+            self.predictive.refresh()
         self.begin_epoch()  # the statistics are spent: an epoch's sums never outlive it
         self.completed_epochs.assign_add(1)
 
     def classification_group(self, task_name: str) -> ClassificationGroup:
         """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
-        for group in self.groups:
-            if task_name in group.task_units:
-                return group
-        raise KeyError(f"BayesAgg has no classification task '{task_name}'.")
+        return group_holding(self.groups, task_name)
 
     def chosen_prior_variances(self) -> dict[str, float]:
         """The evidence's γ per group after the last refresh (empty unless prior_variance="auto")."""

@@ -56,6 +56,7 @@ class ClassificationGroup:
         initial_prior_variance: float,
     ) -> None:
         self.task_units = dict(task_units)
+        self.prefix = prefix
         self.multiclass = multiclass
         self.prior_variance = prior_variance
         self.dtype = dtype
@@ -157,3 +158,11 @@ class ClassificationGroup:
                     "jitter; the trunk's representation or the head's weights have non-finite or huge values."
                 )
             start += blocks
+
+
+def group_holding(groups: list[ClassificationGroup], task_name: str) -> ClassificationGroup:
+    """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
+    for group in groups:
+        if task_name in group.task_units:
+            return group
+    raise KeyError(f"BayesAgg has no classification task '{task_name}'.")
