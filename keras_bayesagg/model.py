@@ -165,7 +165,8 @@ class MultiTaskModel(keras.Model):
             inputs = gradients.aggregator_inputs(
                 aggregator, tape, tasks, labels, logits, losses, h32, kernels, self.head_weights(), trunk_variables
             )
-            inputs, own_rows = global_batch.gather(inputs)  # identity on one replica
+            rebuild = lambda rows, y: gradients.per_sample_task_gradients(tasks, y, self._logits(rows), kernels)  # noqa: E731
+            inputs, own_rows = global_batch.gather(inputs, rebuild)  # identity on one replica
             aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows)
             scale = self.optimizer.scale_loss(tf.constant(1.0 / self.distribute_strategy.num_replicas_in_sync))
             objectives = gradients.scaled_objectives(aggregation, self._regularization(), scale)

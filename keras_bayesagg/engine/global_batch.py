@@ -4,8 +4,8 @@ Under a strategy with R > 1 replicas (MirroredStrategy, MultiWorkerMirroredStrat
 holds b_r rows of a global batch of B = Σ b_r rows. `gather` turns a replica's `AggregatorInputs`
 into the global batch's, the same on every replica:
 
-- h, the labels and the per-sample task gradients are all-gathered (in replica order, which is the
-  order of the rows in the global batch);
+- h and the labels are all-gathered (in replica order, which is the order of the rows in the global
+  batch), and the per-sample task gradients rebuilt from them (or gathered too);
 - the per-unit losses take the value of the global mean, while their gradient stays this replica's
   own, weighted so that the optimizer's sum over replicas (times 1/R) is the global mean's gradient;
 - per-unit parameter gradients are all-reduced to the global mean.
@@ -18,10 +18,13 @@ a representation gradient that are its own. On one replica both are the identity
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Mapping
 
 import tensorflow as tf
 
 from keras_bayesagg.aggregators import base
+
+TaskGradients = Callable[[tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ReplicaRows:
     replicas: int
 
 
+@tf.autograph.experimental.do_not_convert
 def multi_replica_context() -> tf.distribute.ReplicaContext | None:
     """The replica context of a step with more than one replica in sync, else None."""
     context = tf.distribute.get_replica_context()
@@ -41,8 +45,16 @@ def multi_replica_context() -> tf.distribute.ReplicaContext | None:
     return context
 
 
-def gather(inputs: base.AggregatorInputs) -> tuple[base.AggregatorInputs, ReplicaRows | None]:
-    """The global batch's aggregator inputs (identical on every replica), and this replica's rows."""
+@tf.autograph.experimental.do_not_convert
+def gather(
+    inputs: base.AggregatorInputs, task_gradients_of: TaskGradients | None = None
+) -> tuple[base.AggregatorInputs, ReplicaRows | None]:
+    """The global batch's aggregator inputs (identical on every replica), and this replica's rows.
+
+    `task_gradients_of(representation, labels)` rebuilds the per-sample task gradients [B, K, D]
+    from the gathered rows (for linear heads that is cheap), so only h and the labels cross
+    devices: B·(D + label columns) values per step instead of B·(D + label columns + K·D).
+    """
     context = multi_replica_context()
     if context is None:
         return inputs, None
@@ -75,13 +87,21 @@ def gather(inputs: base.AggregatorInputs) -> tuple[base.AggregatorInputs, Replic
         inputs,
         losses=losses,
         representation=all_rows(inputs.representation),
-        task_gradients=all_rows(inputs.task_gradients),
+        task_gradients=None,
         labels={name: all_rows(labels) for name, labels in inputs.labels.items()},
         parameter_gradients=parameter_gradients,
     )
+    if inputs.task_gradients is not None:
+        task_gradients = (
+            all_rows(inputs.task_gradients)
+            if task_gradients_of is None
+            else tf.stop_gradient(task_gradients_of(global_inputs.representation, global_inputs.labels))
+        )
+        global_inputs = dataclasses.replace(global_inputs, task_gradients=task_gradients)
     return global_inputs, rows
 
 
+@tf.autograph.experimental.do_not_convert
 def local_part(aggregation: base.Aggregation, rows: ReplicaRows | None) -> base.Aggregation:
     """The aggregation as this replica applies it: its own rows of a representation gradient.
 
