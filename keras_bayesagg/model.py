@@ -18,7 +18,7 @@ from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
 from keras_bayesagg.engine import global_batch, gradients, step_by_step
 from keras_bayesagg.engine.checks import step_faults
-from keras_bayesagg.engine.faults import FaultRecord, apply_if
+from keras_bayesagg.engine.faults import FaultRecord, apply_if, overflow_guard
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
 
@@ -179,6 +179,7 @@ class MultiTaskModel(keras.Model):
             lambda g: self.optimizer.apply_gradients(zip(g, variables)),
             grads,
             commit=lambda: aggregator.commit(aggregation),
+            commit_when=overflow_guard(self.optimizer, grads),
         )
         return self._update_metrics(sound, x, labels, logits, per_sample)
 

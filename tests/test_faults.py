@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bayesagg as kb
+from tests.conftest import make_mixed_model, mixed_task_data
 
 NUM_FEATURES = 8
 
@@ -220,3 +221,26 @@ def test_10_many_class_heads_are_refused_before_allocating():
     with pytest.raises(MemoryError, match=r"multiclass task 'species' \(100 classes\).*num_samples"):
         model.compile(optimizer="adam", aggregator=kb.BayesAgg())
         model.build((None, NUM_FEATURES))
+
+
+def test_a_loss_scale_overflow_step_leaves_the_aggregator_state_untouched():
+    """A LossScaleOptimizer skips an overflowing step itself (and lowers its scale); BayesAgg's
+    statistics and seeds must skip it too, and the next finite step commits as usual."""
+    x, labels = mixed_task_data(num_samples=64)
+    labels["value"] = labels["value"] * 100.0  # a loss of about 1e4: times the scale, more than float32 holds
+    model = make_mixed_model()
+    aggregator = kb.BayesAgg(warmup_epochs=0, moments="monte_carlo", num_samples=16, seed=0)
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01), initial_scale=2.0**126)
+    model.compile(optimizer=optimizer, aggregator=aggregator)
+    model.train_on_batch(x, labels)  # the scaled loss overflows float32
+    assert float(optimizer.dynamic_scale.numpy()) < 2.0**126
+    assert int(aggregator.epoch_steps.numpy()) == 0
+    assert not np.any(aggregator.regression.gram_sum.numpy())
+    seed_state = np.array(aggregator.seed_generator.state.numpy())
+    for _ in range(100):  # the scale halves until the step is finite
+        if int(aggregator.epoch_steps.numpy()):
+            break
+        model.train_on_batch(x, labels)
+    assert int(aggregator.epoch_steps.numpy()) == 1
+    assert np.any(aggregator.regression.gram_sum.numpy())
+    assert not np.array_equal(seed_state, aggregator.seed_generator.state.numpy())

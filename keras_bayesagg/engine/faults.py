@@ -89,10 +89,23 @@ class FaultRecord:
         raise StepFault(f"{message} That step made no update.")
 
 
+def overflow_guard(optimizer: Any, gradients: Sequence[tf.Tensor | None]) -> tf.Tensor | None:
+    """Under a `LossScaleOptimizer`: whether it will apply this step (gradients finite on every replica;
+    it skips the others itself and lowers its scale). None for other optimizers."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return None
+    return ~agree_across_replicas(tf.reshape(~all_finite(gradients), [1]))[0]
+
+
 def apply_if(
-    sound: tf.Tensor, apply: Callable[[Any], Any], gradients: Any, commit: Callable[[], Any] | None = None
+    sound: tf.Tensor,
+    apply: Callable[[Any], Any],
+    gradients: Any,
+    commit: Callable[[], Any] | None = None,
+    commit_when: tf.Tensor | None = None,
 ) -> None:
-    """Run `apply(gradients)` (the optimizer update) and `commit()` (aggregator state) only if `sound`.
+    """Run `apply(gradients)` (the optimizer update) and `commit()` (aggregator state) only if `sound`
+    (`commit` also needs `commit_when`, e.g. the `overflow_guard` of a loss scale optimizer).
 
     `sound` must be the same on every replica. On one device (and strategies without merge calls)
     both run in one `tf.cond`. Under strategies whose optimizer update needs a merge call (e.g.
@@ -101,9 +114,12 @@ def apply_if(
     """
 
     def commit_branch() -> tf.Tensor:
-        if commit is not None:
+        if commit is None:
+            return tf.constant(True)
+        if commit_when is None:
             commit()
-        return tf.constant(True)
+            return tf.constant(True)
+        return tf.cond(commit_when, lambda: [commit(), tf.constant(True)][1], lambda: tf.constant(False))
 
     skip = lambda: tf.constant(False)  # noqa: E731
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
