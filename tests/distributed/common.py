@@ -34,7 +34,11 @@ def probe_inputs() -> np.ndarray:
 
 
 def trained(
-    strategy: tf.distribute.Strategy, make_aggregator: Callable[[], Any], epochs: int = 3, steps_per_execution: int = 1
+    strategy: tf.distribute.Strategy,
+    make_aggregator: Callable[[], Any],
+    epochs: int = 3,
+    steps_per_execution: int = 1,
+    callbacks: list | None = None,
 ) -> kb.MultiTaskModel:
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -43,7 +47,7 @@ def trained(
         model.compile(
             optimizer=keras.optimizers.SGD(0.05), aggregator=make_aggregator(), steps_per_execution=steps_per_execution
         )
-    model.fit(dataset(), epochs=epochs, verbose=0)
+    model.fit(dataset(), epochs=epochs, verbose=0, callbacks=callbacks)
     return model
 
 

@@ -2,7 +2,8 @@
 
 Trains BayesAgg (steps_per_execution=2) and linear scalarization; saves each run's weights to
 <out>/<run>-<index>.npz, and the chief (worker 0) saves the BayesAgg model as <out>/bayesagg.keras with
-its predictions on the probe inputs in <out>/bayesagg-predictions.npz.
+its predictions on the probe inputs in <out>/bayesagg-predictions.npz; a ModelCheckpoint callback
+writes each run's weights to <out>/<run>.weights.h5 on the chief.
 """
 
 import json
@@ -14,6 +15,7 @@ os.environ["TF_CONFIG"] = json.dumps(
     {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
 )
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -22,13 +24,17 @@ from tests.distributed import common  # noqa: E402
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 assert strategy.num_replicas_in_sync == len(ports), strategy.num_replicas_in_sync
+chief = strategy.cluster_resolver.task_id == 0
 runs = {"bayesagg": (common.bayesagg, 2), "linear": (kb.aggregators.LinearScalarization, 1)}
 for run, (make, steps_per_execution) in runs.items():
-    model = common.trained(strategy, make, steps_per_execution=steps_per_execution)
+    # Each epoch's weights checkpoint: the chief writes the real file, the other workers a scratch copy.
+    folder = out if chief else os.path.join(out, f"scratch-{index}")
+    checkpoint = keras.callbacks.ModelCheckpoint(os.path.join(folder, f"{run}.weights.h5"), save_weights_only=True)
+    model = common.trained(strategy, make, steps_per_execution=steps_per_execution, callbacks=[checkpoint])
     np.savez(os.path.join(out, f"{run}-{index}.npz"), *common.weights(model))
     if run == "bayesagg":
         predictions = model.predict(common.probe_inputs(), verbose=0)  # every worker: it runs collectives
-        if strategy.cluster_resolver.task_id == 0:  # the chief writes
+        if chief:  # the chief writes
             model.save(os.path.join(out, "bayesagg.keras"))
             np.savez(os.path.join(out, "bayesagg-predictions.npz"), **predictions)
 print("OK", index, flush=True)
