@@ -400,8 +400,15 @@ TRAINING_CASES = {
 }
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
-@pytest.mark.parametrize("case", list(TRAINING_CASES))
+def graph_and_xla(cases: list[str], fast_xla: str) -> list:
+    """Every case in graph mode; under XLA one in `make test` (the rest in `make test-slow`: each compiles
+    a whole train step, and `test_xla_compiles_once_for_new_gradient_values` covers every method's math)."""
+    return [pytest.param(case, False, id=f"{case}-graph") for case in cases] + [
+        pytest.param(case, True, id=f"{case}-xla", marks=() if case == fast_xla else pytest.mark.slow) for case in cases
+    ]
+
+
+@pytest.mark.parametrize(("case", "jit_compile"), graph_and_xla(list(TRAINING_CASES), fast_xla="mgda_parameters"))
 def test_trains_a_mixed_task_model_with_finite_falling_loss(case, jit_compile):
     model = make_mixed_model()
     model.compile(optimizer=keras.optimizers.Adam(0.01), aggregator=TRAINING_CASES[case](), jit_compile=jit_compile)

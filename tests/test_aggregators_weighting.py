@@ -305,8 +305,15 @@ def test_invalid_arguments_are_rejected_clearly() -> None:
 
 
 # ---------------------------------------------------------------- training and saving
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager_graph", "xla"])
-@pytest.mark.parametrize("method", list(FACTORIES))
+@pytest.mark.parametrize(
+    ("method", "jit_compile"),
+    [pytest.param(method, False, id=f"{method}-eager_graph") for method in FACTORIES]
+    # Under XLA one method in `make test`, the others in `make test-slow` (each compiles a whole train step).
+    + [
+        pytest.param(method, True, id=f"{method}-xla", marks=() if method == "famo" else pytest.mark.slow)
+        for method in FACTORIES
+    ],
+)
 def test_trains_a_mixed_task_model(method: str, jit_compile: bool) -> None:
     model = make_mixed_model()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), aggregator=FACTORIES[method](), jit_compile=jit_compile)

@@ -36,7 +36,7 @@ def probe_inputs() -> np.ndarray:
 def trained(
     strategy: tf.distribute.Strategy,
     make_aggregator: Callable[[], Any],
-    epochs: int = 3,
+    epochs: int = 2,
     steps_per_execution: int = 1,
     callbacks: list | None = None,
 ) -> kb.MultiTaskModel:

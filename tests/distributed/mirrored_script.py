@@ -59,7 +59,7 @@ if sys.argv[1] == "all":
     for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL"):
         makers[f"{name}(level='parameters')"] = lambda name=name: getattr(kb.aggregators, name)(level="parameters")
 else:
-    makers = {"UncertaintyWeighting": kb.aggregators.UncertaintyWeighting, "MGDA": kb.aggregators.MGDA}
+    makers = {"MGDA": kb.aggregators.MGDA}  # a representation-level and (below) a parameter-level method
     makers["PCGrad(level='parameters')"] = lambda: kb.aggregators.PCGrad(level="parameters")
 for label, make in makers.items():
     check_equal(label, make)
