@@ -19,6 +19,7 @@ from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, res
 from keras_bayesagg.engine import gradients
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
+from keras_bayesagg.engine.metric_updates import labelled_samples, update_compiled_metrics
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
 
@@ -149,6 +150,7 @@ class MultiTaskModel(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, labels = self._unpack_batch(data)
+        present, filled = label_checks.present_and_filled(self.task_specs, labels)
         aggregator, tasks = self.aggregator, self.task_specs
         trunk_variables = list(self.trunk.trainable_variables)
         other_variables = [v for head in self.heads.values() for v in head.trainable_variables]
@@ -157,11 +159,21 @@ class MultiTaskModel(keras.Model):
             h = self._representation(x, training=True)
             h32 = tf.cast(h, tf.float32)
             logits = self._logits(h32)
-            per_sample = gradients.per_sample_unit_losses(tasks, labels, logits)
-            losses = tf.reduce_mean(per_sample, axis=0)
+            per_sample = gradients.per_sample_unit_losses(tasks, filled, logits, present)
+            losses = gradients.masked_mean_losses(per_sample, present)
             kernels = {name: head.kernel_and_bias()[0] for name, head in self.heads.items()}
             inputs = gradients.aggregator_inputs(
-                aggregator, tape, tasks, labels, logits, losses, h32, kernels, self.head_weights(), trunk_variables
+                aggregator,
+                tape,
+                tasks,
+                filled,
+                logits,
+                losses,
+                h32,
+                kernels,
+                self.head_weights(),
+                trunk_variables,
+                present,
             )
             aggregation = aggregator.aggregate(inputs)
             scale = self.optimizer.scale_loss(tf.constant(1.0 / self.distribute_strategy.num_replicas_in_sync))
@@ -176,7 +188,7 @@ class MultiTaskModel(keras.Model):
             grads,
             commit=lambda: aggregator.commit(aggregation),
         )
-        return self._update_metrics(sound, x, labels, logits, per_sample)
+        return self._update_metrics(sound, x, filled, logits, per_sample, present)
 
     def _record_faults(
         self,
@@ -197,19 +209,23 @@ class MultiTaskModel(keras.Model):
         earlier = tf.not_equal(record.code, 0) if self.steps_per_execution > 1 else tf.constant(False)
         return tf.equal(record.record(faults), 0) & ~earlier
 
-    def _update_metrics(self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor) -> dict:
-        """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)."""
-        batch_size, losses, layout = tf.shape(per_sample)[0], tf.reduce_mean(per_sample, axis=0), self.task_layout
+    def _update_metrics(
+        self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor, present: tf.Tensor
+    ) -> dict:
+        """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)
+        and present labels only: a tracker's weight is the number of samples with a label of its task(s)."""
+        losses, layout = gradients.masked_mean_losses(per_sample, present), self.task_layout
         regularization = self._regularization()
 
         def update() -> tf.Tensor:
             for name in self.task_specs:
                 self.task_loss_trackers[name].update_state(
-                    tf.reduce_sum(losses[layout.unit_slice(name)]), sample_weight=batch_size
+                    tf.reduce_sum(losses[layout.unit_slice(name)]),
+                    sample_weight=labelled_samples(present[:, layout.unit_slice(name)]),
                 )
             total = tf.reduce_sum(losses) + (0.0 if regularization is None else regularization)
-            self._loss_tracker.update_state(total, sample_weight=batch_size)
-            self.compute_metrics(x, labels, self._predictions(logits), sample_weight=None)
+            self._loss_tracker.update_state(total, sample_weight=labelled_samples(present))
+            update_compiled_metrics(self, x, labels, self._predictions(logits), present)
             return tf.constant(True)
 
         tf.cond(sound, update, lambda: tf.constant(False))
@@ -217,11 +233,12 @@ class MultiTaskModel(keras.Model):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, labels = self._unpack_batch(data)
+        present, filled = label_checks.present_and_filled(self.task_specs, labels)
         h32 = tf.cast(self._representation(x, training=False), tf.float32)
         logits = self._logits(h32)
-        per_sample = gradients.per_sample_unit_losses(self.task_specs, labels, logits)
+        per_sample = gradients.per_sample_unit_losses(self.task_specs, filled, logits, present)
         sound = self._record_faults(labels, h32, per_sample)
-        return self._update_metrics(sound, x, labels, logits, per_sample)
+        return self._update_metrics(sound, x, filled, logits, per_sample, present)
 
     # ------------------------------------------------------------------ hooks (fit calls them; custom loops too)
     def begin_epoch(self) -> None:

@@ -3,6 +3,10 @@
 A *task* is one entry of the `tasks` dict given to `MultiTaskModel`. For aggregation a task is
 split into *task units* the way the paper counts tasks: every regression output and every
 binary output is one unit, a multiclass head is one unit.
+
+Missing labels are marked in the label tensor: NaN for a regression or binary output, class index
+−1 (or an all-zero one-hot row) for a multiclass head. `present` finds them, `fill_missing` puts a
+finite placeholder in their place; the engine masks their losses and gradients (docs/missing-labels.md).
 """
 
 from __future__ import annotations
@@ -58,6 +62,14 @@ class Task:
     def value_expectation(self) -> str:
         """What `labels_valid` checks, in words, for error messages."""
         return "valid values"
+
+    def present(self, labels: tf.Tensor) -> tf.Tensor:
+        """[B, num_task_units] float32: 1 where the canonical label is given, 0 where it is marked missing (NaN)."""
+        return tf.cast(~tf.math.is_nan(labels), tf.float32)
+
+    def fill_missing(self, labels: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+        """The canonical labels with each missing entry replaced by a finite placeholder (0): no NaN flows on."""
+        return tf.where(present > 0.0, labels, tf.zeros_like(labels))
 
     # -- losses and gradients ---------------------------------------------------------------
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -144,10 +156,10 @@ class Regression(Task):
         return _dense_labels(name, self, labels)
 
     def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_all(tf.math.is_finite(labels))
+        return tf.reduce_all(tf.math.is_finite(labels) | tf.math.is_nan(labels))
 
     def value_expectation(self) -> str:
-        return "expected finite numbers"
+        return "expected finite numbers (NaN marks a missing label)"
 
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         return tf.square(logits - labels)
@@ -168,10 +180,10 @@ class Binary(Task):
         return _dense_labels(name, self, labels)
 
     def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_all((labels >= 0.0) & (labels <= 1.0))
+        return tf.reduce_all(((labels >= 0.0) & (labels <= 1.0)) | tf.math.is_nan(labels))
 
     def value_expectation(self) -> str:
-        return "expected values in [0, 1] (0/1 labels or probabilities)"
+        return "expected values in [0, 1] (0/1 labels or probabilities; NaN marks a missing label)"
 
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -187,7 +199,8 @@ class Multiclass(Task):
     """One softmax head over `num_classes` classes; the whole head is one task.
 
     Labels are class indices (shape (batch,) or (batch, 1), integer) or one-hot / probability
-    rows (shape (batch, num_classes), float). Internally they are kept as probability rows.
+    rows (shape (batch, num_classes), float). Internally they are kept as probability rows; a
+    missing label (index −1, or an all-zero row) is an all-zero row.
     """
 
     kind = MULTICLASS
@@ -221,10 +234,11 @@ class Multiclass(Task):
         shape = _static_shape(tensor)
         if tensor.dtype.is_integer and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             indices = tf.reshape(tf.cast(tensor, tf.int32), [-1])
-            # Out-of-range indices become a row of NaN so that `labels_valid` catches them.
+            # -1 (missing) becomes a row of zeros; other out-of-range indices a row of NaN for `labels_valid`.
             in_range = (indices >= 0) & (indices < self.units)
             one_hot = tf.one_hot(tf.where(in_range, indices, 0), self.units, dtype=tf.float32)
-            return tf.where(in_range[:, None], one_hot, tf.fill(tf.shape(one_hot), float("nan")))
+            invalid = tf.fill(tf.shape(one_hot), float("nan"))
+            return tf.where(in_range[:, None], one_hot, tf.where((indices == -1)[:, None], 0.0 * one_hot, invalid))
         if tensor.dtype.is_floating and len(shape) == 2 and shape[1] == self.units:
             return tf.cast(tensor, tf.float32)
         raise ValueError(
@@ -234,12 +248,21 @@ class Multiclass(Task):
         )
 
     def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
-        in_unit_interval = tf.reduce_all((labels >= 0.0) & (labels <= 1.0))
-        sums_to_one = tf.reduce_all(tf.abs(tf.reduce_sum(labels, axis=-1) - 1.0) < 1e-3)
-        return in_unit_interval & sums_to_one
+        in_unit_interval = tf.reduce_all((labels >= 0.0) & (labels <= 1.0), axis=-1)
+        sums_to_one = tf.abs(tf.reduce_sum(labels, axis=-1) - 1.0) < 1e-3
+        return tf.reduce_all((in_unit_interval & sums_to_one) | (self.present(labels)[:, 0] == 0.0))
 
     def value_expectation(self) -> str:
-        return f"expected class indices in [0, {self.units}) or probability rows that sum to 1"
+        return (
+            f"expected class indices in [0, {self.units}) or probability rows that sum to 1 (-1 marks a missing label)"
+        )
+
+    def present(self, labels: tf.Tensor) -> tf.Tensor:
+        """[B, 1]: 0 for an all-zero row (a missing label), 1 otherwise."""
+        return tf.cast(tf.reduce_any(tf.not_equal(labels, 0.0), axis=-1, keepdims=True), tf.float32)
+
+    def fill_missing(self, labels: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+        return labels  # a missing label already is a row of zeros
 
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)[:, None]

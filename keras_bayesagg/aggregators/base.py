@@ -79,14 +79,18 @@ class TaskLayout:
 class AggregatorInputs:
     """What one train step hands to `Aggregator.aggregate` (tensors only).
 
-    losses: [K] mean-over-batch loss per task unit (differentiable: computed under the tape).
+    losses: [K] loss per task unit, the mean over the unit's present labels (differentiable: computed
+        under the tape).
     representation: h, [B, D] float32, without gradient (the trunk is reached through the result).
-    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B), or None unless
-        `needs_task_gradients`.
-    labels: per task name, canonical float32 labels ([B, units]; multiclass as probability rows).
+    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B; zero where the label is
+        missing), or None unless `needs_task_gradients`. ∂L_k/∂h_i is `loss_gradients()`.
+    labels: per task name, canonical float32 labels ([B, units]; multiclass as probability rows),
+        with a finite placeholder where the label is missing.
     head_weights: per task name, the head as W [units, D+1] (bias last), float32, no gradient.
     parameter_gradients: [K, P] ∂L_k/∂θ for the trunk's trainable variables, flattened in
         `trunk.trainable_variables` order, or None unless `needs_parameter_gradients`.
+    present: [B, K] float32, 1 where the label of (sample i, unit k) is given, 0 where it is missing
+        (the engine always sets it; None, e.g. in hand-made inputs, means every label is present).
     """
 
     losses: tf.Tensor
@@ -95,10 +99,28 @@ class AggregatorInputs:
     labels: Mapping[str, tf.Tensor]
     head_weights: Mapping[str, tf.Tensor]
     parameter_gradients: tf.Tensor | None = None
+    present: tf.Tensor | None = None
 
     @property
     def batch_size(self) -> tf.Tensor:
         return tf.shape(self.representation)[0]
+
+    def presence(self) -> tf.Tensor:
+        """`present`, or all ones [B, K] when it is None."""
+        if self.present is not None:
+            return tf.cast(self.present, tf.float32)
+        return tf.ones([self.batch_size, tf.shape(self.losses)[0]], tf.float32)
+
+    def unit_counts(self) -> tf.Tensor:
+        """n_k = max(Σ_i present_ik, 1) [K] float32: the denominators of the unit losses."""
+        return tf.maximum(tf.reduce_sum(self.presence(), axis=0), 1.0)
+
+    def loss_gradients(self) -> tf.Tensor:
+        """∂L_k/∂h_i = G[i, k] / n_k: [B, K, D] (G[:, k] / B when every label is present)."""
+        if self.task_gradients is None:
+            raise ValueError("loss_gradients needs task_gradients; set needs_task_gradients = True.")
+        counts = tf.cast(self.unit_counts(), self.task_gradients.dtype)
+        return self.task_gradients / counts[None, :, None]
 
 
 def _no_commit() -> None:
@@ -253,8 +275,5 @@ class Aggregator(keras.layers.Layer):
 
 
 def sum_of_losses_gradient(inputs: AggregatorInputs) -> tf.Tensor:
-    """The representation gradient of Σ_k L_k: Σ_k G[:, k] / B (linear scalarization)."""
-    if inputs.task_gradients is None:
-        raise ValueError("sum_of_losses_gradient needs task_gradients; set needs_task_gradients = True.")
-    batch = tf.cast(inputs.batch_size, inputs.task_gradients.dtype)
-    return tf.reduce_sum(inputs.task_gradients, axis=1) / batch
+    """The representation gradient of Σ_k L_k: Σ_k G[:, k] / n_k (Σ_k G[:, k] / B when fully labelled)."""
+    return tf.reduce_sum(inputs.loss_gradients(), axis=1)

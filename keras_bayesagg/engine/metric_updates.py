@@ -1,0 +1,60 @@
+"""Metric updates that count present labels only (missing labels: docs/missing-labels.md).
+
+Compiled metrics get each task's presence mask as sample weight — [B, units] for regression and
+binary outputs, [B] for a multiclass head — and labels whose missing entries hold the prediction
+itself (finite, and no error), so NaN never reaches a metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import keras
+import tensorflow as tf
+
+from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.tasks import Multiclass
+
+
+def labelled_samples(present: tf.Tensor) -> tf.Tensor:
+    """How many samples have at least one present label among the columns of `present` [B, k]: a scalar."""
+    return tf.reduce_sum(tf.reduce_max(present, axis=1))
+
+
+def metric_labels_and_weights(
+    layout: TaskLayout, labels: Mapping[str, tf.Tensor], predictions: Mapping[str, tf.Tensor], present: tf.Tensor
+) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """Per task: labels with the prediction in missing entries, and the presence mask as sample weight."""
+    metric_labels, weights = {}, {}
+    for name, task in layout.tasks.items():
+        mask = present[:, layout.unit_slice(name)]
+        if isinstance(task, Multiclass):
+            metric_labels[name], weights[name] = labels[name], mask[:, 0]
+        else:
+            prediction = tf.cast(predictions[name], labels[name].dtype)
+            metric_labels[name], weights[name] = tf.where(mask > 0.0, labels[name], prediction), mask
+    return metric_labels, weights
+
+
+def update_compiled_metrics(
+    model: keras.Model,
+    x: Any,
+    labels: Mapping[str, tf.Tensor],
+    predictions: Mapping[str, tf.Tensor],
+    present: tf.Tensor,
+) -> None:
+    """Keras's compiled `metrics` and `weighted_metrics` of a MultiTaskModel, weighted by label presence.
+
+    Keras passes sample weights to `weighted_metrics` only, so both lists are updated here, per task.
+    """
+    compiled = getattr(model, "_compile_metrics", None)
+    if compiled is None:
+        return
+    metric_labels, weights = metric_labels_and_weights(model.task_layout, labels, predictions, present)
+    if not compiled.built:
+        compiled.build(metric_labels, predictions)
+    flat = [compiled._flatten_y(part) for part in (metric_labels, predictions, weights)]
+    for metric_lists in (compiled._flat_metrics, compiled._flat_weighted_metrics):
+        for metric, y_true, y_pred, weight in zip(metric_lists, *flat):
+            if metric:
+                metric.update_state(y_true, y_pred, sample_weight=weight)
