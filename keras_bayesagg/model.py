@@ -13,13 +13,13 @@ import tensorflow as tf
 
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
-from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
+from keras_bayesagg.aggregators.base import Aggregator, TaskLayout, labelled_samples
 from keras_bayesagg.building import InputSpec, build_symbolically, input_spec_of, representation_dim
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
 from keras_bayesagg.engine import gradients
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
-from keras_bayesagg.engine.metric_updates import labelled_samples, update_compiled_metrics
+from keras_bayesagg.engine.metric_updates import update_compiled_metrics
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
 

@@ -21,7 +21,7 @@ checkpoints, created before `fit` so XLA works); they are never called on data.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -69,6 +69,10 @@ class TaskLayout:
                 return slice(start, start + task.num_task_units)
             start += task.num_task_units
         raise KeyError(task_name)
+
+    def unit_columns(self, task_names: Sequence[str]) -> tuple[int, ...]:
+        """The columns of these tasks' units among the K task units, in the order given."""
+        return tuple(column for name in task_names for column in range(*self.unit_slice(name).indices(self.num_units)))
 
     def names_of(self, kind: type[Task]) -> list[str]:
         """Task names of one kind (a Task class), in layout order."""
@@ -121,6 +125,11 @@ class AggregatorInputs:
             raise ValueError("loss_gradients needs task_gradients; set needs_task_gradients = True.")
         counts = tf.cast(self.unit_counts(), self.task_gradients.dtype)
         return self.task_gradients / counts[None, :, None]
+
+
+def labelled_samples(present: tf.Tensor) -> tf.Tensor:
+    """How many rows of `present` [B, k] have at least one present label: a float32 scalar."""
+    return tf.reduce_sum(tf.reduce_max(tf.cast(present, tf.float32), axis=1))
 
 
 def _no_commit() -> None:

@@ -2,7 +2,10 @@
 
 Compiled metrics get each task's presence mask as sample weight — [B, units] for regression and
 binary outputs, [B] for a multiclass head — and labels whose missing entries hold the prediction
-itself (finite, and no error), so NaN never reaches a metric.
+itself (finite), so NaN never reaches a metric. This is exact for single-output tasks and for
+metrics with one value per output (BinaryAccuracy, AUC). A metric that averages over the outputs
+of a multi-output task first (MAE of Regression(3)) cannot take a per-output weight: it gets 1 for
+each sample with any present output, and a missing output counts as zero error in that average.
 """
 
 from __future__ import annotations
@@ -14,11 +17,6 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators.base import TaskLayout
 from keras_bayesagg.tasks import Multiclass
-
-
-def labelled_samples(present: tf.Tensor) -> tf.Tensor:
-    """How many samples have at least one present label among the columns of `present` [B, k]: a scalar."""
-    return tf.reduce_sum(tf.reduce_max(present, axis=1))
 
 
 def metric_labels_and_weights(
@@ -55,6 +53,15 @@ def update_compiled_metrics(
         compiled.build(metric_labels, predictions)
     flat = [compiled._flatten_y(part) for part in (metric_labels, predictions, weights)]
     for metric_lists in (compiled._flat_metrics, compiled._flat_weighted_metrics):
-        for metric, y_true, y_pred, weight in zip(metric_lists, *flat):
-            if metric:
-                metric.update_state(y_true, y_pred, sample_weight=weight)
+        for metric_list, y_true, y_pred, weight in zip(metric_lists, *flat):
+            for metric in metric_list.metrics if metric_list else ():
+                metric.update_state(y_true, y_pred, sample_weight=_weight_for(metric, y_true, y_pred, weight))
+
+
+def _weight_for(metric: keras.metrics.Metric, y_true: tf.Tensor, y_pred: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """`weight` [B, units], or [B] (any output present) for a metric function that averages over the outputs."""
+    function = getattr(metric, "_fn", None)
+    if len(weight.shape) < 2 or weight.shape[1] == 1 or function is None:
+        return weight
+    values = function(y_true, y_pred, **getattr(metric, "_fn_kwargs", {}))  # traced only for its shape
+    return weight if len(values.shape) >= 2 else tf.reduce_max(weight, axis=1)
