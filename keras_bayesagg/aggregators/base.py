@@ -113,7 +113,8 @@ class AggregatorInputs:
         """`present`, or all ones [B, K] when it is None."""
         if self.present is not None:
             return tf.cast(self.present, tf.float32)
-        return tf.ones([self.batch_size, tf.shape(self.losses)[0]], tf.float32)
+        rows = self.batch_size if self.task_gradients is None else tf.shape(self.task_gradients)[0]
+        return tf.ones([rows, tf.shape(self.losses)[0]], tf.float32)
 
     def unit_counts(self) -> tf.Tensor:
         """n_k = max(Σ_i present_ik, 1) [K] float32: the denominators of the unit losses."""

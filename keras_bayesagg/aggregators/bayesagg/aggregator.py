@@ -173,9 +173,10 @@ class BayesAgg(Aggregator):
                 present,
             )
             failed = tf.stack([~task_ok[name] for name in names])
-            # K·mean α: equal weights are ones, on the scale of the warm-up (linear scalarization).
-            weights = self.layout.num_units * tf.reduce_mean(combined.weights, axis=[0, 2])
-            return combined.gradient / tf.maximum(labelled_samples(present), 1.0), weights, failed
+            # K·mean α over labelled samples: equal weights are ones, on the scale of the warm-up (linear scalarization).
+            samples = tf.maximum(labelled_samples(present), 1.0)
+            weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(combined.weights, axis=2), axis=0) / samples
+            return combined.gradient / samples, weights, failed
 
         gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
         staged = [tf.concat([labels, mask], axis=1) for labels, mask in zip(group_labels, group_present)]
