@@ -162,7 +162,8 @@ class ObjectiveAggregation(Aggregation):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RepresentationAggregation(Aggregation):
-    """Back-propagate `representation_gradient` [B, D] (already divided by B) from h into the trunk."""
+    """Back-propagate `representation_gradient` [B, D] from h into the trunk: a batch-mean gradient (already
+    divided by B, or per unit by its present-label count n_k as in `AggregatorInputs.loss_gradients`)."""
 
     representation_gradient: tf.Tensor
 

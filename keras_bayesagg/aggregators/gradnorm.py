@@ -56,7 +56,9 @@ class GradNorm(Aggregator):
         weights = tf.convert_to_tensor(self.task_weights)
         objective = tf.reduce_sum(weights * inputs.losses)
 
-        initial = tf.where(self.has_initial_losses > 0, tf.convert_to_tensor(self.initial_losses), losses)
+        # A unit's initial loss is its first loss with labels (a unit without labels in a batch has loss 0).
+        stored = tf.convert_to_tensor(self.initial_losses)
+        initial = tf.where((self.has_initial_losses > 0) & (stored > 0.0), stored, losses)
 
         gradient_norms = tf.sqrt(tf.reduce_sum(tf.square(inputs.loss_gradients()), axis=[0, 2]))  # ‖∂L_k/∂h‖
         weighted_norms = weights * gradient_norms

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
+from keras_bayesagg import validation
 from keras_bayesagg.aggregators.base import (
     Aggregator,
     AggregatorInputs,
@@ -27,14 +28,6 @@ from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
 from keras_bayesagg.aggregators.bayesagg.saved_state import load_with_appended_state
 from keras_bayesagg.bayes.aggregation import inverse_variance_aggregate
 from keras_bayesagg.tasks import Regression
-from keras_bayesagg.validation import (
-    one_of,
-    optional_positive_float,
-    optional_seed,
-    positive_float,
-    power,
-    whole_number,
-)
 
 LINALG_DTYPES = ("float32", "float64")
 MOMENTS = ("exact", "monte_carlo")
@@ -64,6 +57,9 @@ class BayesAgg(Aggregator):
         memory_limit_gb: refuse task layouts whose state and per-step work would take more
             (estimated before allocating; None: no check).
 
+    Missing labels: each sample's weights are normalized over its present task units and the
+    aggregated gradient is averaged over the samples with at least one label (over B when fully labelled).
+
     Defaults follow the authors' UTKFace setting (γ = 0.005, s_reg = 0.3, s_cls = 0.1, S = 1024).
     """
 
@@ -88,17 +84,19 @@ class BayesAgg(Aggregator):
         self.prior_variance = (
             "auto"
             if prior_variance == "auto"
-            else positive_float("BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"')
+            else validation.positive_float(
+                "BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"'
+            )
         )
-        self.moments = one_of("BayesAgg", "moments", moments, MOMENTS)
-        self.regression_power = power("BayesAgg", "regression_power", regression_power)
-        self.classification_power = power("BayesAgg", "classification_power", classification_power)
-        self.num_samples = whole_number("BayesAgg", "num_samples", num_samples)
-        self.warmup_epochs = whole_number("BayesAgg", "warmup_epochs", warmup_epochs, minimum=0)
-        self.seed = optional_seed("BayesAgg", "seed", seed)
-        self.linalg_dtype = one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
-        self.feature_buffer_rows = whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
-        self.memory_limit_gb = optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
+        self.moments = validation.one_of("BayesAgg", "moments", moments, MOMENTS)
+        self.regression_power = validation.power("BayesAgg", "regression_power", regression_power)
+        self.classification_power = validation.power("BayesAgg", "classification_power", classification_power)
+        self.num_samples = validation.whole_number("BayesAgg", "num_samples", num_samples)
+        self.warmup_epochs = validation.whole_number("BayesAgg", "warmup_epochs", warmup_epochs, minimum=0)
+        self.seed = validation.optional_seed("BayesAgg", "seed", seed)
+        self.linalg_dtype = validation.one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
+        self.feature_buffer_rows = validation.whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
+        self.memory_limit_gb = validation.optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
