@@ -306,3 +306,25 @@ def test_bayesagg_state_saved_without_the_per_output_variables_still_loads():
     assert float(fresh.aggregator.regression.output_priors.numpy()) == 0.0
     with pytest.raises(ValueError, match="saved aggregator state has"):
         fresh.aggregator.load_own_variables({key: value for key, value in older.items() if key != "0"})
+
+
+def test_per_output_regression_posteriors_and_evidence_match_the_shared_ones():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 5))
+    targets = rng.normal(size=(40, 3))
+    present = (rng.random((40, 3)) > 0.3).astype("float64")
+    grams = bayes.regression.per_output_feature_grams(tf.constant(features), tf.constant(present))
+    cross = features.T @ (targets * present)
+    posterior = bayes.regression.per_output_full_data_posterior(grams, cross, 0.5)
+    for output in range(3):
+        rows = features[present[:, output] > 0]
+        alone = bayes.regression.full_data_posterior(rows.T @ rows, cross[:, output : output + 1], 0.5)
+        np.testing.assert_allclose(posterior.precision[output], alone.precision, rtol=1e-12)
+        np.testing.assert_allclose(posterior.covariance[output], alone.covariance, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(posterior.mean[output], alone.mean[0], rtol=1e-9)
+    gram = features.T @ features
+    shared = bayes.regression_evidence_variance(gram, features.T @ targets, 0.1)
+    per_output = bayes.evidence.per_output_regression_evidence_variance(
+        np.repeat(gram[None], 3, axis=0), features.T @ targets, 0.1
+    )
+    np.testing.assert_allclose(per_output, shared, rtol=1e-9)
