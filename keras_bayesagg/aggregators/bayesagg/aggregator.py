@@ -142,7 +142,7 @@ class BayesAgg(Aggregator):
         features = tf.cast(inputs.representation, self.linalg_dtype)
         present = inputs.presence()
         targets = self.regression.targets(inputs.labels) if self.regression else None
-        regression_present = tf.gather(present, list(self.regression_columns), axis=1)
+        regression_present = tf.gather(present, tf.constant(self.regression_columns, tf.int32), axis=1)
         group_labels = [group.labels(inputs.labels) for group in self.groups]
         group_present = [group.presence(present) for group in self.groups]
         group_weights = [group.weights(inputs.head_weights) for group in self.groups]

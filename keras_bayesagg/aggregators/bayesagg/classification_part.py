@@ -92,7 +92,7 @@ class ClassificationGroup:
 
     def presence(self, present: tf.Tensor) -> tf.Tensor:
         """The group's columns of `present` [B, K]: [B, outputs] for a binary set, [B, 1] for a multiclass head."""
-        return tf.gather(tf.cast(present, tf.float32), list(self.columns), axis=1)
+        return tf.gather(tf.cast(present, tf.float32), tf.constant(self.columns, tf.int32), axis=1)
 
     def weights(self, head_weights: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Current head weights as blocks [M, n] (multiclass: flattened row-major in (class, feature))."""
