@@ -61,3 +61,30 @@ def representation_dim(trunk: keras.layers.Layer, input_shape: Any, dtype: str) 
             f"got {spec if shape is None else shape}. Add a Flatten or pooling layer at the end of the trunk."
         )
     return int(shape[-1])
+
+
+def first_replica_batch(strategy: tf.distribute.Strategy, iterator: Any) -> Any:
+    """The first batch of an epoch iterator as replica 0 sees it (no cross-replica op: works on every strategy).
+
+    Keras's own build step reduces the first distributed batch with an eager `strategy.reduce`, which
+    collective strategies (MultiWorkerMirroredStrategy) cannot run (keras-team/keras#20585); one
+    replica's batch has every shape the build needs.
+    """
+    for _, _, batches in iterator:
+        batch = next(batches)
+        return keras.tree.map_structure(
+            lambda value: (
+                strategy.experimental_local_results(value)[0]
+                if isinstance(value, tf.distribute.DistributedValues)
+                else value
+            ),
+            batch,
+        )
+    return None
+
+
+def symbolic_build_arguments(model: keras.Model, iterator: Any, data_batch: Any) -> dict[str, Any]:
+    """Keras's `_maybe_symbolic_build` arguments with replica 0's first batch in place of a distributed iterator."""
+    if iterator is not None and data_batch is None and model._distribute_strategy is not None:
+        return {"iterator": None, "data_batch": first_replica_batch(model.distribute_strategy, iterator)}
+    return {"iterator": iterator, "data_batch": data_batch}

@@ -11,15 +11,15 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
+from keras_bayesagg import building, serving
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
-from keras_bayesagg.aggregators.base import Aggregator, TaskLayout, labelled_samples
-from keras_bayesagg.building import InputSpec, build_symbolically, input_spec_of, representation_dim
+from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
-from keras_bayesagg.engine import gradients
+from keras_bayesagg.engine import global_batch, gradients, step_by_step
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if
-from keras_bayesagg.engine.metric_updates import update_compiled_metrics
+from keras_bayesagg.engine.metric_updates import update_compiled_metrics, update_loss_trackers
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
 
@@ -61,7 +61,7 @@ class MultiTaskModel(keras.Model):
         return TaskLayout(dict(self.task_specs), self.representation_dim)
 
     def build(self, input_shape: Any) -> None:
-        self.representation_dim = representation_dim(self.trunk, input_shape, self.compute_dtype)
+        self.representation_dim = building.representation_dim(self.trunk, input_shape, self.compute_dtype)
         for head in self.heads.values():
             if not head.built:
                 head.build((None, self.representation_dim))
@@ -138,7 +138,9 @@ class MultiTaskModel(keras.Model):
         """(x, canonical labels) of a batch, building the model on first use."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not self.built:
-            build_symbolically(self, keras.tree.map_structure(lambda t: InputSpec(tuple(t.shape), t.dtype), x))
+            building.build_symbolically(
+                self, keras.tree.map_structure(lambda t: building.InputSpec(tuple(t.shape), t.dtype), x)
+            )
         if sample_weight is not None:
             raise ValueError(
                 "MultiTaskModel does not support sample_weight / class_weight yet; weigh tasks with an aggregator."
@@ -162,20 +164,12 @@ class MultiTaskModel(keras.Model):
             per_sample = gradients.per_sample_unit_losses(tasks, filled, logits, present)
             losses = gradients.masked_mean_losses(per_sample, present)
             kernels = {name: head.kernel_and_bias()[0] for name, head in self.heads.items()}
+            heads = self.head_weights()
             inputs = gradients.aggregator_inputs(
-                aggregator,
-                tape,
-                tasks,
-                filled,
-                logits,
-                losses,
-                h32,
-                kernels,
-                self.head_weights(),
-                trunk_variables,
-                present,
+                aggregator, tape, tasks, filled, logits, losses, h32, kernels, heads, trunk_variables, present
             )
-            aggregation = aggregator.aggregate(inputs)
+            inputs, own_rows = global_batch.gather(inputs)  # identity on one replica
+            aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows)
             scale = self.optimizer.scale_loss(tf.constant(1.0 / self.distribute_strategy.num_replicas_in_sync))
             objectives = gradients.scaled_objectives(aggregation, self._regularization(), scale)
         grads = gradients.route(aggregation, tape, h, *objectives, trunk_variables, other_variables, scale)
@@ -200,36 +194,25 @@ class MultiTaskModel(keras.Model):
     ) -> tf.Tensor:
         """Record this step's first fault; True when the step may be applied. Under steps_per_execution > 1
         a recorded fault also blocks the rest of the execution, so the error describes the model as it is."""
-        # A loss scale optimizer skips non-finite gradients itself (and lowers its scale).
-        check_gradients = grads is not None and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        faults = step_faults(
-            self.task_specs, labels, h32, per_sample, aggregator_faults, grads if check_gradients else None
-        )
-        record = self._compiled_parts.faults
-        earlier = tf.not_equal(record.code, 0) if self.steps_per_execution > 1 else tf.constant(False)
-        return tf.equal(record.record(faults), 0) & ~earlier
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = None  # it skips non-finite gradients itself (and lowers its scale)
+        faults = step_faults(self.task_specs, labels, h32, per_sample, aggregator_faults, grads)
+        return self._compiled_parts.faults.sound(faults, blocks_rest=self.steps_per_execution > 1)
 
     def _update_metrics(
         self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor, present: tf.Tensor
     ) -> dict:
         """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)
         and present labels only: a tracker's weight is the number of samples with a label of its task(s)."""
-        losses, layout = gradients.masked_mean_losses(per_sample, present), self.task_layout
-        regularization = self._regularization()
+        losses, regularization = gradients.masked_mean_losses(per_sample, present), self._regularization()
 
         def update() -> tf.Tensor:
-            for name in self.task_specs:
-                self.task_loss_trackers[name].update_state(
-                    tf.reduce_sum(losses[layout.unit_slice(name)]),
-                    sample_weight=labelled_samples(present[:, layout.unit_slice(name)]),
-                )
-            total = tf.reduce_sum(losses) + (0.0 if regularization is None else regularization)
-            self._loss_tracker.update_state(total, sample_weight=labelled_samples(present))
+            update_loss_trackers(self, losses, regularization, present)
             update_compiled_metrics(self, x, labels, self._predictions(logits), present)
             return tf.constant(True)
 
         tf.cond(sound, update, lambda: tf.constant(False))
-        return self.get_metrics_result()
+        return global_batch.logs_for_reduction(self.distribute_strategy, self.get_metrics_result())
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, labels = self._unpack_batch(data)
@@ -267,8 +250,8 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------------ fit / evaluate
     def fit(self, x: Any = None, *args: Any, callbacks: Any = None, validation_data: Any = None, **kwargs: Any) -> Any:
-        if not self.built and input_spec_of(x) is not None:
-            build_symbolically(self, input_spec_of(x))
+        if not self.built and building.input_spec_of(x) is not None:
+            building.build_symbolically(self, building.input_spec_of(x))
         spec = label_checks.validation_label_spec(validation_data)
         if spec is not None:
             label_checks.check_label_spec(self.task_specs, spec, "validation_data")
@@ -279,6 +262,27 @@ class MultiTaskModel(keras.Model):
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )
+
+    def make_train_function(self, force: bool = False) -> Any:
+        if not step_by_step.install_if_needed(self, force):  # where Keras's fused loop fails (engine/step_by_step.py)
+            return super().make_train_function(force)
+        return self.train_function
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        # Keras's version fails on MultiWorkerMirroredStrategy (keras-team/keras#20585); see first_replica_batch.
+        super()._maybe_symbolic_build(**building.symbolic_build_arguments(self, iterator, data_batch))
+
+    # ------------------------------------------------------------------ uncertainty (keras_bayesagg/serving.py)
+    def predict_with_uncertainty(self, x: Any, batch_size: int | None = None) -> dict[str, Any]:
+        """{"<task>/mean", "<task>/variance"} (regression), {"<task>/probabilities", "<task>/entropy"}
+        (binary, multiclass) as arrays, from BayesAgg's full-data posterior; see docs/uncertainty.md."""
+        return serving.predict_with_uncertainty(self, x, batch_size)
+
+    def export(self, filepath: Any, format: str = "tf_saved_model", **kwargs: Any) -> None:
+        """Keras's export; a SavedModel also gets `serve_with_uncertainty` when available (`serving.export`)."""
+        if format != "tf_saved_model":
+            return super().export(filepath, format=format, **kwargs)
+        serving.export(self, filepath, **kwargs)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:

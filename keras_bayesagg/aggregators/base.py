@@ -255,6 +255,18 @@ class Aggregator(keras.layers.Layer):
         """Extra callbacks `MultiTaskModel.fit` adds by itself, beyond `AggregatorHooks`."""
         return []
 
+    def uncertainty_missing(self) -> str | None:
+        """Why `predictive_uncertainty` cannot answer (None when it can). Default: no posterior is kept."""
+        return f"{type(self).__name__} keeps no posterior over the heads: compile with BayesAgg and train past its warm-up."
+
+    def predictive_uncertainty(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """{"<task>/<quantity>": [B, ...]} from h [B, D] and the heads' logits (see docs/uncertainty.md)."""
+        raise ValueError(self.uncertainty_missing())
+
+    def later_version_variables(self) -> list[keras.Variable]:
+        """Variables added after version 0.1.0, created after all older ones: a file without them still loads."""
+        return []
+
     def save_own_variables(self, store: Any) -> None:
         # Keras does not save SeedGenerator states; without them a reloaded model replays its draws.
         super().save_own_variables(store)
@@ -264,10 +276,12 @@ class Aggregator(keras.layers.Layer):
     def load_own_variables(self, store: Any) -> None:
         keys = list(store.keys())
         stored = [key for key in keys if not key.startswith(SEED_STATE_PREFIX)]
-        own = len(self._trainable_variables) + len(self._non_trainable_variables)
-        if len(stored) != own:
+        own = self._trainable_variables + self._non_trainable_variables
+        older_file = len(stored) < len(own) and self._lacks_only_later_variables(store, len(stored))
+        if len(stored) != len(own) and not older_file:
             raise ValueError(
-                f"The saved aggregator state has {len(stored)} variables but this model's {type(self).__name__} has {own}: "
+                f"The saved aggregator state has {len(stored)} variables but this model's {type(self).__name__} has "
+                f"{len(own)}: "
                 "it was saved from a model compiled with another aggregator (or other tasks). To continue that run, "
                 "compile the model with the aggregator it was saved with; to take the trunk and heads alone, use "
                 "model.load_weights(path, skip_mismatch=True)."
@@ -276,7 +290,20 @@ class Aggregator(keras.layers.Layer):
             key = f"{SEED_STATE_PREFIX}{index}"
             if key in keys:
                 generator.state.assign(store[key])
+        if older_file:  # the later variables keep their initial values
+            for index, variable in enumerate(own[: len(stored)]):
+                variable.assign(store[str(index)])
+            return
         super().load_own_variables({key: store[key] for key in keys if not key.startswith(SEED_STATE_PREFIX)})
+
+    def _lacks_only_later_variables(self, store: Any, count: int) -> bool:
+        """True when the store holds this aggregator's first `count` variables (same shapes) and every
+        missing one was added in a later version (files saved before those variables existed)."""
+        own = self._trainable_variables + self._non_trainable_variables
+        later = {id(variable) for variable in self.later_version_variables()}
+        return all(id(variable) in later for variable in own[count:]) and all(
+            tuple(store[str(index)].shape) == tuple(variable.shape) for index, variable in enumerate(own[:count])
+        )
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{type(self).__name__} is an aggregator: pass it to model.compile(aggregator=...).")

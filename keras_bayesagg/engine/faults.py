@@ -69,6 +69,13 @@ class FaultRecord:
         self.code.assign(tf.where(tf.equal(self.code, 0), code, self.code))
         return code
 
+    def sound(self, faults: Sequence[Fault], blocks_rest: bool) -> tf.Tensor:
+        """Record this step's faults; True when the step may be applied. With `blocks_rest`
+        (steps_per_execution > 1) a fault recorded earlier in the execution also blocks this step,
+        so the error describes the model as it is."""
+        earlier = tf.not_equal(self.code, 0) if blocks_rest else tf.constant(False)
+        return tf.equal(self.record(faults), 0) & ~earlier
+
     def pending(self) -> bool:
         return int(self.code.numpy()) != 0
 

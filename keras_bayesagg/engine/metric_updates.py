@@ -1,4 +1,4 @@
-"""Metric updates that count present labels only (missing labels: docs/missing-labels.md).
+"""Loss trackers and metric updates that count present labels only (missing labels: docs/missing-labels.md).
 
 Compiled metrics get each task's presence mask as sample weight — [B, units] for regression and
 binary outputs, [B] for a multiclass head — and labels whose missing entries hold the prediction
@@ -15,8 +15,22 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.aggregators.base import TaskLayout, labelled_samples
 from keras_bayesagg.tasks import Multiclass
+
+
+def update_loss_trackers(
+    model: keras.Model, losses: tf.Tensor, regularization: tf.Tensor | None, present: tf.Tensor
+) -> None:
+    """`loss` and `<task>_loss` of a MultiTaskModel: each weighted by the samples with a label of its task(s)."""
+    layout = model.task_layout
+    for name in layout.tasks:
+        columns = layout.unit_slice(name)
+        model.task_loss_trackers[name].update_state(
+            tf.reduce_sum(losses[columns]), sample_weight=labelled_samples(present[:, columns])
+        )
+    total = tf.reduce_sum(losses) + (0.0 if regularization is None else regularization)
+    model._loss_tracker.update_state(total, sample_weight=labelled_samples(present))
 
 
 def metric_labels_and_weights(

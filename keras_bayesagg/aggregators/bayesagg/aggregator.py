@@ -21,11 +21,15 @@ from keras_bayesagg.aggregators.base import (
     sum_of_losses_gradient,
 )
 from keras_bayesagg.aggregators.bayesagg import evidence_log, memory
-from keras_bayesagg.aggregators.bayesagg.classification_part import ClassificationGroup, classification_groups
+from keras_bayesagg.aggregators.bayesagg.classification_part import (
+    ClassificationGroup,
+    classification_groups,
+    group_holding,
+)
 from keras_bayesagg.aggregators.bayesagg.posterior_faults import posterior_faults
+from keras_bayesagg.aggregators.bayesagg.predictive_part import PredictivePart, PredictiveServing
 from keras_bayesagg.aggregators.bayesagg.regression_part import RegressionPart
 from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
-from keras_bayesagg.aggregators.bayesagg.saved_state import load_with_appended_state
 from keras_bayesagg.bayes.aggregation import inverse_variance_aggregate
 from keras_bayesagg.tasks import Regression
 
@@ -35,7 +39,7 @@ INITIAL_AUTO_PRIOR_VARIANCE = 0.005  # the paper's γ, where the evidence iterat
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
-class BayesAgg(Aggregator):
+class BayesAgg(PredictiveServing, Aggregator):
     """BayesAgg-MTL for any mix of `Regression`, `Binary` and `Multiclass` tasks.
 
     Args:
@@ -101,13 +105,6 @@ class BayesAgg(Aggregator):
 
     # ------------------------------------------------------------------ state
     def build_state(self, layout: TaskLayout) -> None:
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            raise ValueError(
-                f"BayesAgg does not support tf.distribute with more than one replica yet (got {replicas}): its "
-                "full-data statistics and feature buffer are per-process state. Train on one device, or use "
-                "another aggregator under this strategy."
-            )
         memory.refuse_if_too_large(
             layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb
         )
@@ -127,8 +124,6 @@ class BayesAgg(Aggregator):
         self.regression = RegressionPart(self, regression, **common) if regression else None
         self.groups = classification_groups(self, layout, exact=self.moments == "exact", **common)
         self.regression_columns = layout.unit_columns(regression)
-        if self.regression:
-            self.regression.add_output_state()  # after every other variable: older files load without it
         self.staging = None
         if self.groups:
             self.staging = RowStaging(self.feature_buffer_rows, dim, sum(group.staged_columns for group in self.groups))
@@ -136,6 +131,9 @@ class BayesAgg(Aggregator):
         self.unit_powers = tuple(
             self.regression_power if unit.task in regression else self.classification_power for unit in layout.units
         )
+        self.predictive = PredictivePart(self, self.regression, self.groups, self.linalg_dtype)  # variables last
+        if self.regression:
+            self.regression.add_output_state()  # after the predictive part's: files without them still load
 
     # ------------------------------------------------------------------ per step
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:
@@ -199,6 +197,7 @@ class BayesAgg(Aggregator):
         """The write of this step's full-data statistics (only from the last warm-up epoch on: earlier
         epochs' data never becomes a prior). `staged`: per group, its labels and presence columns."""
         writes = [self.regression.collect(features, targets, present)] if self.regression else []
+        writes += self.predictive.collect(targets, present)
         if self.staging:
             writes.append(self.staging.write(representation, tf.concat(staged, axis=1)))
         needed = self.completed_epochs + 1 >= self.warmup_epochs
@@ -218,6 +217,7 @@ class BayesAgg(Aggregator):
         self.epoch_steps.assign(0)
         if self.regression:
             self.regression.reset()
+            self.predictive.reset()
         if self.staging:
             self.staging.reset()
 
@@ -249,15 +249,14 @@ class BayesAgg(Aggregator):
                 weights = group.weights(head_weights)
                 group.refresh(features, labels[:, column : column + group.staged_columns], weights)
                 column += group.staged_columns
+        if prior_needed:
+            self.predictive.refresh()
         self.begin_epoch()  # the statistics are spent: an epoch's sums never outlive it
         self.completed_epochs.assign_add(1)
 
     def classification_group(self, task_name: str) -> ClassificationGroup:
         """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
-        for group in self.groups:
-            if task_name in group.task_units:
-                return group
-        raise KeyError(f"BayesAgg has no classification task '{task_name}'.")
+        return group_holding(self.groups, task_name)
 
     def chosen_prior_variances(self) -> dict[str, float]:
         """The evidence's γ per group after the last refresh (empty unless prior_variance="auto")."""
@@ -279,10 +278,10 @@ class BayesAgg(Aggregator):
             return {}
         return self.regression.posterior_kernels()
 
-    def load_own_variables(self, store: Any) -> None:
-        """Files saved before the per-output regression state existed load without it."""
-        appended = self.regression.output_state if self.built and self.regression else ()
-        super().load_own_variables(load_with_appended_state(store, self, appended))
+    def later_version_variables(self) -> list[keras.Variable]:
+        """The predictive part's variables, then the per-output regression state (partly labelled data)."""
+        output_state = list(self.regression.output_state) if self.built and self.regression else []
+        return super().later_version_variables() + output_state
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -63,6 +63,7 @@ class ClassificationGroup:
     ) -> None:
         self.task_units = dict(task_units)
         self.columns = tuple(columns)
+        self.prefix = prefix
         self.multiclass = multiclass
         self.prior_variance = prior_variance
         self.dtype = dtype
@@ -202,3 +203,11 @@ def classification_groups(
         columns = layout.unit_columns([name])
         groups.append(ClassificationGroup(owner, name, units, multiclass=True, exact=exact, columns=columns, **common))
     return groups
+
+
+def group_holding(groups: list[ClassificationGroup], task_name: str) -> ClassificationGroup:
+    """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
+    for group in groups:
+        if task_name in group.task_units:
+            return group
+    raise KeyError(f"BayesAgg has no classification task '{task_name}'.")

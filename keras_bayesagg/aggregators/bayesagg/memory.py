@@ -39,14 +39,14 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = A
         )
     binary = sum(task.units for task in layout.tasks.values() if isinstance(task, Binary))
     if binary:
-        blocks = binary * width * width * 4  # prior, GGN, precision, factor
+        blocks = binary * width * width * 5  # prior, GGN, precision, factor, served covariance
         draws = 3 * binary * (width + batch) * num_samples  # sampled weights and residuals
         items.append(MemoryItem("binary tasks", itemsize * (blocks + draws), "fewer num_samples or a smaller D"))
     for name, task in layout.tasks.items():
         if isinstance(task, Multiclass):
             classes, size = task.num_classes, task.num_classes * width
             pairs = classes * (classes + 1) // 2
-            matrices = 5 * size * size  # prior, class grams, GGN, precision, factor
+            matrices = 6 * size * size  # prior, class grams, GGN, precision, factor, served covariance
             draws = num_samples * (2 * size + pairs * dim + batch * (pairs + 2 * classes))
             items.append(
                 MemoryItem(

@@ -8,8 +8,8 @@ Missing labels: output o's posteriors use only the rows where its label is prese
 output that is the shared precision of the present rows. With O > 1 outputs, batches with a
 missing label add per-output grams Σ_i m_io h_i h_iᵀ [O, D, D] beside Σhhᵀ of the complete
 batches, and an epoch that had any makes per-output priors (precision and covariance [O, D, D]);
-steps then take one posterior per output. Fully labelled data keeps the shared path (one tf.cond
-more per step) and pays only memory: 3·O·D² more values of state when O > 1.
+steps then take one posterior per output. Fully labelled data keeps the shared path (the same
+switch as before, over more branches) and pays only memory: 3·O·D² more values of state when O > 1.
 """
 
 from __future__ import annotations
@@ -88,11 +88,13 @@ class RegressionPart:
         )
         self.output_prior_covariance = self._state("regression_output_prior_covariance", shape, _identities(self.start))
         self.output_priors = self._state("regression_output_priors", ())  # 1: the priors above are in use
+        self.output_rows = self._state("regression_output_rows", (self.outputs,))  # present rows of partial batches
         self.output_state = (
             self.partial_gram_sum,
             self.output_prior_precision,
             self.output_prior_covariance,
             self.output_priors,
+            self.output_rows,
         )
 
     def targets(self, labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -114,6 +116,7 @@ class RegressionPart:
 
         def add_partial() -> tf.Tensor:
             self.partial_gram_sum.assign_add(regression.per_output_feature_grams(features, present))
+            self.output_rows.assign_add(tf.reduce_sum(tf.cast(present, self.dtype), axis=0))
             return tf.constant(0)
 
         def write() -> None:
@@ -126,7 +129,7 @@ class RegressionPart:
         return write
 
     def reset(self) -> None:
-        for variable in (self.gram_sum, self.target_sum, *self.output_state[:1]):
+        for variable in (self.gram_sum, self.target_sum, *self.output_state[:1], *self.output_state[4:]):
             variable.assign(tf.zeros_like(variable))
 
     def moments(
@@ -245,3 +248,9 @@ class RegressionPart:
             kernels[name] = tf.transpose(tf.cast(mean[start : start + units], tf.float32))
             start += units
         return kernels
+
+    def output_statistics(self, output: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(Σ_i m_io h_i h_iᵀ, its present-row count beyond the complete batches', prior covariance) of one output
+        when the priors are per output."""
+        gram = tf.convert_to_tensor(self.gram_sum) + self.partial_gram_sum[output]
+        return gram, self.output_rows[output], self.output_prior_covariance[output]

@@ -36,9 +36,10 @@ class RowStaging:
             rows = tf.shape(features)[0]
 
             def scatter() -> tf.Tensor:
-                indices = tf.minimum(start + tf.range(rows), self.rows - 1)[:, None]
-                self.features.value.scatter_nd_update(indices, tf.cast(features, tf.float32))
-                self.labels.value.scatter_nd_update(indices, tf.cast(labels, tf.float32))
+                # Row updates (IndexedSlices): supported by mirrored variables too, where each replica writes its copy.
+                indices = tf.minimum(start + tf.range(rows), self.rows - 1)
+                self.features.value.scatter_update(tf.IndexedSlices(tf.cast(features, tf.float32), indices))
+                self.labels.value.scatter_update(tf.IndexedSlices(tf.cast(labels, tf.float32), indices))
                 return tf.constant(0)
 
             tf.cond(start + rows <= self.rows, scatter, lambda: tf.constant(0))

@@ -1,0 +1,109 @@
+"""One global batch across tf.distribute replicas: every aggregator decides on the rows of all replicas.
+
+Under a strategy with R > 1 replicas (MirroredStrategy, MultiWorkerMirroredStrategy), each replica
+holds b_r rows of a global batch of B = Σ b_r rows. `gather` turns a replica's `AggregatorInputs`
+into the global batch's, the same on every replica:
+
+- h, the labels, the presence mask and the per-sample task gradients are all-gathered (in replica
+  order, which is the order of the rows in the global batch);
+- the per-unit losses take the value of the global mean over present labels, while their gradient
+  stays this replica's own, weighted by its share of the unit's present labels so that the
+  optimizer's sum over replicas (times 1/R) is the global mean's gradient;
+- per-unit parameter gradients are all-reduced to the global mean.
+
+The aggregator then runs on identical inputs on every replica (same seeds, same state), so its
+decision and its state writes are identical everywhere. `local_part` hands each replica the rows of
+a representation gradient that are its own. On one replica both are the identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from keras_bayesagg.aggregators import base
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaRows:
+    """Where this replica's rows sit in the global batch."""
+
+    offset: tf.Tensor  # int32 scalar: rows of the replicas before this one
+    size: tf.Tensor  # int32 scalar: this replica's rows
+    replicas: int
+
+
+def multi_replica_context() -> tf.distribute.ReplicaContext | None:
+    """The replica context of a step with more than one replica in sync, else None."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def gather(inputs: base.AggregatorInputs) -> tuple[base.AggregatorInputs, ReplicaRows | None]:
+    """The global batch's aggregator inputs (identical on every replica), and this replica's rows."""
+    context = multi_replica_context()
+    if context is None:
+        return inputs, None
+    replicas = context.num_replicas_in_sync
+    local_rows = tf.shape(inputs.representation)[0]
+    sizes = context.all_gather(tf.reshape(local_rows, [1]), axis=0)
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    offset = tf.reduce_sum(tf.where(tf.range(replicas) < replica, sizes, tf.zeros_like(sizes)))
+    rows = ReplicaRows(offset=offset, size=local_rows, replicas=replicas)
+
+    present = inputs.presence()
+    counts = tf.reduce_sum(present, axis=0)  # present labels behind each unit's mean
+    total_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
+    share = counts / tf.maximum(total_counts, 1.0)
+    global_losses = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(inputs.losses) * share)
+    # Value: the global mean. Gradient: R·share·∇(own mean), which the optimizer sums over replicas with 1/R.
+    weighted = inputs.losses * (replicas * share)
+    losses = weighted + tf.stop_gradient(global_losses - weighted)
+
+    def all_rows(tensor: tf.Tensor | None) -> tf.Tensor | None:
+        if tensor is None:
+            return None
+        gathered = context.all_gather(tf.stop_gradient(tensor), axis=0)
+        gathered.set_shape([None] + tensor.shape.as_list()[1:])  # the gather keeps the other dimensions
+        return gathered
+
+    parameter_gradients = inputs.parameter_gradients
+    if parameter_gradients is not None:
+        parameter_gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, parameter_gradients * share[:, None])
+    global_inputs = dataclasses.replace(
+        inputs,
+        losses=losses,
+        representation=all_rows(inputs.representation),
+        task_gradients=all_rows(inputs.task_gradients),
+        labels={name: all_rows(labels) for name, labels in inputs.labels.items()},
+        parameter_gradients=parameter_gradients,
+        present=all_rows(present),
+    )
+    return global_inputs, rows
+
+
+def local_part(aggregation: base.Aggregation, rows: ReplicaRows | None) -> base.Aggregation:
+    """The aggregation as this replica applies it: its own rows of a representation gradient.
+
+    The engine scales every replica's gradients by 1/R before the optimizer sums them; the rows of
+    the replicas partition the global batch, so their share is multiplied back by R.
+    """
+    if rows is None or not isinstance(aggregation, base.RepresentationAggregation):
+        return aggregation
+    own = tf.slice(aggregation.representation_gradient, [rows.offset, 0], [rows.size, -1])
+    return dataclasses.replace(aggregation, representation_gradient=own * rows.replicas)
+
+
+def logs_for_reduction(strategy: tf.distribute.Strategy, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A step's logs in the shape Keras can reduce across workers.
+
+    On several workers, Keras reduces each log with `strategy.reduce("MEAN", value, axis=0)`, which
+    fails for the scalars every step returns; a leading axis of one makes it the plain mean.
+    """
+    extended = strategy.extended
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and extended._in_multi_worker_mode()):
+        return logs
+    return {name: tf.reshape(value, [1]) if value.shape.rank == 0 else value for name, value in logs.items()}

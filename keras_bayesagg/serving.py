@@ -1,0 +1,92 @@
+"""Predictive uncertainty at serving time: `MultiTaskModel.predict_with_uncertainty` and the exported
+`serve_with_uncertainty` endpoint, both from the aggregator's posterior over the heads (BayesAgg).
+
+The outputs are one flat dict of float32 tensors keyed "<task>/<quantity>" (the same keys in Python
+and in the SavedModel signature): regression "<task>/mean" (what `predict` returns) and
+"<task>/variance"; binary and multiclass "<task>/probabilities" and "<task>/entropy" (nats).
+See docs/uncertainty.md for the formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.export.export_utils import get_input_signature, make_tf_tensor_spec  # as keras.Model.export
+
+DEFAULT_BATCH_SIZE = 32
+SERVE = "serve"
+SERVE_WITH_UNCERTAINTY = "serve_with_uncertainty"
+
+
+def check_available(model: keras.Model) -> None:
+    """Raise a ValueError that names what is missing when the model cannot give predictive uncertainty."""
+    if model.aggregator is None:
+        raise ValueError(
+            "Predictive uncertainty needs BayesAgg's posterior over the heads: compile the model with "
+            "aggregator=kb.BayesAgg(...) and fit it past its warm-up."
+        )
+    missing = model.aggregator.uncertainty_missing()
+    if missing:
+        raise ValueError(f"No predictive uncertainty for this model: {missing}")
+
+
+def uncertainty_outputs(model: keras.Model, inputs: Any) -> dict[str, tf.Tensor]:
+    """The flat uncertainty dict for one batch of inputs (traceable, XLA-compilable)."""
+    h32 = tf.cast(model._representation(inputs, training=False), tf.float32)
+    return model.aggregator.predictive_uncertainty(h32, model._logits(h32))
+
+
+def _batches(x: Any, batch_size: int) -> Any:
+    if isinstance(x, tf.data.Dataset):
+        for element in x:
+            yield element[0] if isinstance(element, tuple) else element
+        return
+    count = len(keras.tree.flatten(x)[0])
+    for start in range(0, count, batch_size):
+        yield keras.tree.map_structure(lambda array: array[start : start + batch_size], x)
+
+
+def predict_with_uncertainty(model: keras.Model, x: Any, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """`uncertainty_outputs` over arrays (or a dict of arrays) in batches, or over a dataset of x or (x, y)."""
+    check_available(model)
+    step = tf.function(lambda inputs: uncertainty_outputs(model, inputs), reduce_retracing=True)
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in _batches(x, batch_size or DEFAULT_BATCH_SIZE):
+        for key, value in step(batch).items():
+            parts.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(values, axis=0) for key, values in parts.items()}
+
+
+def export(
+    model: keras.Model,
+    filepath: Any,
+    verbose: bool | None = None,
+    input_signature: Any = None,
+    uncertainty: bool | None = None,
+    jit_compile: bool = False,
+) -> None:
+    """A SavedModel with `serve` (as `keras.Model.export`) and, when available, `serve_with_uncertainty`.
+
+    `uncertainty`: None exports the endpoint when the model can answer it, True requires it (the
+    error of `predict_with_uncertainty` otherwise), False leaves it out. `jit_compile` compiles both
+    endpoints with XLA when the SavedModel runs.
+    """
+    if uncertainty is None:
+        uncertainty = model.aggregator is not None and model.aggregator.uncertainty_missing() is None
+    if uncertainty:
+        check_available(model)
+    signature = input_signature if input_signature is not None else get_input_signature(model)
+    specs = keras.tree.map_structure(make_tf_tensor_spec, signature)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    endpoints = {SERVE: lambda *inputs: model(*inputs, training=False)}
+    if uncertainty:
+        endpoints[SERVE_WITH_UNCERTAINTY] = lambda *inputs: uncertainty_outputs(model, *inputs)
+    for name, function in endpoints.items():
+        compiled = tf.function(function, input_signature=specs, autograph=False, jit_compile=jit_compile)
+        compiled.get_concrete_function()
+        archive.add_endpoint(name, compiled)
+    archive.write_out(filepath, verbose=True if verbose is None else verbose)

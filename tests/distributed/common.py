@@ -1,0 +1,57 @@
+"""The training run the distributed tests repeat on one device, on MirroredStrategy and on workers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_bayesagg as kb
+from tests.conftest import MIXED_TASKS, mixed_task_data
+
+GLOBAL_BATCH = 64
+NUM_SAMPLES = 249  # the last global batch (57 rows) splits unevenly over two replicas
+
+
+def bayesagg() -> kb.BayesAgg:
+    """Monte Carlo on (the multiclass head and, with moments="monte_carlo", the binary set), one warm-up epoch."""
+    return kb.BayesAgg(moments="monte_carlo", num_samples=64, seed=3, warmup_epochs=1)
+
+
+def dataset(num_samples: int = NUM_SAMPLES) -> tf.data.Dataset:
+    x, y = mixed_task_data(num_samples=num_samples)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    options = tf.data.Options()
+    # Worker w gets the w-th slice of every global batch (the order one device sees the rows in).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.with_options(options)
+
+
+def probe_inputs() -> np.ndarray:
+    return mixed_task_data(num_samples=16, seed=1)[0]
+
+
+def trained(
+    strategy: tf.distribute.Strategy, make_aggregator: Callable[[], Any], epochs: int = 3, steps_per_execution: int = 1
+) -> kb.MultiTaskModel:
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        trunk = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="elu")])
+        model = kb.MultiTaskModel(trunk, {name: make() for name, make in MIXED_TASKS.items()})
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05), aggregator=make_aggregator(), steps_per_execution=steps_per_execution
+        )
+    model.fit(dataset(), epochs=epochs, verbose=0)
+    return model
+
+
+def weights(model: keras.Model) -> list[np.ndarray]:
+    return [np.array(variable.numpy()) for variable in model.weights]
+
+
+def worst_relative_difference(first: list[np.ndarray], second: list[np.ndarray]) -> float:
+    """max |a - b| / (|a| + 1e-3) over all weights (relative, with a floor for weights near zero)."""
+    assert len(first) == len(second)
+    return max(float(np.max(np.abs(a - b) / (np.abs(a) + 1e-3))) for a, b in zip(first, second))

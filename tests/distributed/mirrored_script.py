@@ -1,0 +1,90 @@
+"""Run as a script (two logical CPUs must be configured before TensorFlow starts): MirroredStrategy vs one device.
+
+argv[1]: "fast" (BayesAgg, steps_per_execution, saving, a bad label, a few other aggregators) or "all"
+(every aggregator, both levels of the gradient methods). Prints OK at the end.
+"""
+
+import os
+import sys
+import tempfile
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_bayesagg as kb  # noqa: E402
+from tests.conftest import mixed_task_data  # noqa: E402
+from tests.distributed import common  # noqa: E402
+
+TOLERANCE = 1e-4
+mirrored = tf.distribute.MirroredStrategy(["cpu:0", "cpu:1"])
+one_device = tf.distribute.get_strategy()
+
+
+def check_equal(label, make, epochs=2, steps_per_execution=1, single=None):
+    """Train on both; `single`: one device's weights of the same run (steps_per_execution does not change them)."""
+    if single is None:
+        single = common.weights(common.trained(one_device, make, epochs=epochs))
+    replicated = common.trained(mirrored, make, epochs=epochs, steps_per_execution=steps_per_execution)
+    worst = common.worst_relative_difference(single, common.weights(replicated))
+    print(f"{label}: worst relative difference {worst:.2e}", flush=True)
+    assert worst < TOLERANCE, (label, worst)
+    return replicated
+
+
+# BayesAgg: regression + binary set + multiclass, a warm-up epoch, a prior refresh, a BayesAgg epoch, Monte Carlo on.
+single = common.weights(common.trained(one_device, common.bayesagg, epochs=2))
+replicated = check_equal("BayesAgg", common.bayesagg, single=single)
+check_equal("BayesAgg steps_per_execution=3", common.bayesagg, steps_per_execution=3, single=single)
+
+# A model saved under the strategy reloads on one device with equal predictions.
+path = os.path.join(tempfile.mkdtemp(), "mirrored.keras")
+replicated.save(path)
+probe = common.probe_inputs()
+expected = replicated.predict(probe, verbose=0)
+reloaded = keras.saving.load_model(path)
+for name, value in reloaded.predict(probe, verbose=0).items():
+    np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+if sys.argv[1] == "all":
+    names = [
+        "LinearScalarization", "ScaleInvariant", "RandomLossWeighting", "DynamicWeightAverage",
+        "UncertaintyWeighting", "FAMO", "GradNorm", "MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL",
+    ]  # fmt: skip
+    makers = {name: getattr(kb.aggregators, name) for name in names}
+    for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL"):
+        makers[f"{name}(level='parameters')"] = lambda name=name: getattr(kb.aggregators, name)(level="parameters")
+else:
+    makers = {"UncertaintyWeighting": kb.aggregators.UncertaintyWeighting, "MGDA": kb.aggregators.MGDA}
+    makers["PCGrad(level='parameters')"] = lambda: kb.aggregators.PCGrad(level="parameters")
+for label, make in makers.items():
+    check_equal(label, make)
+
+# A bad label on any replica skips the step everywhere: weights, Adam's slots and the iteration
+# counter stay exactly as they were.
+x, y = mixed_task_data(num_samples=256)
+with mirrored.scope():
+    keras.utils.set_random_seed(0)
+    model = kb.MultiTaskModel(
+        keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="elu")]),
+        {"value": kb.tasks.Regression(), "flags": kb.tasks.Binary(3), "kind": kb.tasks.Multiclass(4)},
+    )
+    model.compile(optimizer="adam", aggregator=common.bayesagg())
+model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(64), epochs=1, verbose=0)
+state = lambda: [np.array(v.numpy()) for v in list(model.weights) + list(model.optimizer.variables)]  # noqa: E731
+before = state()
+bad = {name: labels.copy() for name, labels in y.items()}
+bad["kind"][40] = 9  # in the second half of the first batch: one replica sees it
+try:
+    model.fit(tf.data.Dataset.from_tensor_slices((x, bad)).batch(64), epochs=1, verbose=0)
+except ValueError as error:
+    assert "Task 'kind'" in str(error), error
+else:
+    raise AssertionError("a bad label should stop fit")
+for a, b in zip(before, state()):
+    np.testing.assert_array_equal(a, b)
+print("OK")
