@@ -102,13 +102,17 @@ class PredictivePart:
     def _regression_variance(self, h: tf.Tensor) -> tf.Tensor:
         """σ_o²(1 + hᵀΣ_o h) [B, O], Σ_o the shared covariance or, after partly labelled data, output o's own."""
         part, noise = self.regression, tf.convert_to_tensor(self.noise_variance)
-        shared = lambda: predictive.regression_predictive_variance(
-            h, tf.convert_to_tensor(part.prior_covariance), noise
-        )  # noqa: E731
+
+        def shared() -> tf.Tensor:
+            return predictive.regression_predictive_variance(h, tf.convert_to_tensor(part.prior_covariance), noise)
+
+        def per_output() -> tf.Tensor:
+            covariances = tf.convert_to_tensor(part.output_prior_covariance)
+            return (1.0 + predictive.quadratic_forms(h, covariances)) * noise[None, :]
+
         if not part.output_state:
             return shared()
-        own = lambda: (1.0 + predictive.quadratic_forms(h, tf.convert_to_tensor(part.output_prior_covariance))) * noise  # noqa: E731
-        return tf.cond(tf.convert_to_tensor(part.output_priors) > 0.0, own, shared)
+        return tf.cond(tf.convert_to_tensor(part.output_priors) > 0.0, per_output, shared)
 
     def outputs(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Flat {"<task>/mean", "<task>/variance"} for regression and {"<task>/probabilities",
