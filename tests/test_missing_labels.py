@@ -327,3 +327,32 @@ def test_per_output_regression_posteriors_and_evidence_match_the_shared_ones():
         np.repeat(gram[None], 3, axis=0), features.T @ targets, 0.1
     )
     np.testing.assert_allclose(per_output, shared, rtol=1e-9)
+
+
+def test_served_noise_variance_after_partly_labelled_data_is_that_of_the_present_rows():
+    x, y = _data(160)
+    y = _partly_missing(y, fraction=0.4)
+    model = _model(TASKS)
+    model.trunk.trainable = False
+    aggregator = kb.BayesAgg(prior_variance=0.05, warmup_epochs=0, num_samples=16, linalg_dtype="float64")
+    model.compile(optimizer="adam", aggregator=aggregator)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    features = tf.cast(model.trunk(x), tf.float64)
+    targets = np.concatenate([y["value"][:, None], y["pair"]], axis=1)
+    served = model.predict_with_uncertainty(x[:8])
+    for output, (task, column) in enumerate([("value", 0), ("pair", 0), ("pair", 1)]):
+        rows = ~np.isnan(targets[:, output])
+        h = tf.boolean_mask(features, rows)
+        gram, cross = tf.matmul(h, h, transpose_a=True), h.numpy().T @ targets[rows, output : output + 1]
+        posterior = bayes.regression.full_data_posterior(gram, cross, 0.05)
+        noise = bayes.predictive.regression_noise_variance(
+            gram,
+            cross,
+            np.sum(targets[rows, output] ** 2)[None],
+            float(rows.sum()),
+            posterior.mean,
+            posterior.covariance,
+        )
+        np.testing.assert_allclose(aggregator.predictive.noise_variance[output].numpy(), noise[0], rtol=1e-4)
+        spread = bayes.predictive.quadratic_forms(features[:8], posterior.covariance[None])[:, 0]
+        np.testing.assert_allclose(served[f"{task}/variance"][:, column], noise[0] * (1 + spread), rtol=1e-4)
