@@ -144,8 +144,11 @@ class RegressionPart:
         full_rank = tf.cast(tf.shape(features)[0] >= self.dim, tf.int32)
         if self.outputs == 1:
             rows = features * tf.cast(present, features.dtype)
-            branches = [lambda rank=rank: self._shared_moments(rows, targets, rank) for rank in (False, True)]
-            moments, ok = tf.switch_case(full_rank, branches)
+            moments, ok = tf.cond(
+                full_rank > 0,
+                lambda: self._shared_moments(rows, targets, True),
+                lambda: self._shared_moments(rows, targets, False),
+            )
         else:
             per_output = ~tf.reduce_all(present > 0.0) | (tf.convert_to_tensor(self.output_priors) > 0.0)
             branches = [lambda rank=rank: self._shared_moments(features, targets, rank) for rank in (False, True)]
