@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) examples/penguins_demo.py
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

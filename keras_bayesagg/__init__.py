@@ -4,7 +4,7 @@ from keras_bayesagg import aggregators, bayes, callbacks, datasets, metrics, mod
 from keras_bayesagg.aggregators import BayesAgg
 from keras_bayesagg.model import MultiTaskModel
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "BayesAgg",
     "MultiTaskModel",

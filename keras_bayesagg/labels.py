@@ -28,6 +28,16 @@ def prepare_labels(tasks: Mapping[str, Task], y: Any, where: str = "The batch") 
     return {name: task.prepare_labels(name, y[name]) for name, task in tasks.items()}
 
 
+def present_and_filled(
+    tasks: Mapping[str, Task], labels: Mapping[str, tf.Tensor]
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """(present [B, K] float32: 1 where the label of (sample, task unit) is given, 0 where it is marked
+    missing; the labels with finite placeholders in the missing entries). Masks, no data-dependent shapes."""
+    present = {name: task.present(labels[name]) for name, task in tasks.items()}
+    filled = {name: task.fill_missing(labels[name], present[name]) for name, task in tasks.items()}
+    return tf.concat(list(present.values()), axis=1), filled
+
+
 def check_label_spec(tasks: Mapping[str, Task], spec: Any, where: str) -> None:
     """Structure checks on label *specs* (shapes and dtypes, e.g. a dataset's element_spec) before any step."""
 
@@ -53,7 +63,8 @@ def validation_label_spec(validation_data: Any) -> Any:
 
 
 def label_faults(tasks: Mapping[str, Task], labels: Mapping[str, tf.Tensor]) -> list[Fault]:
-    """One in-graph check per task: its label *values* fit it (class in range, binary in [0, 1], finite)."""
+    """One in-graph check per task: its label *values* fit it (class in range, binary in [0, 1], finite),
+    or are the task's missing-label marker."""
     return [
         Fault(
             ~task.labels_valid(labels[name]),

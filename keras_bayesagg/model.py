@@ -19,6 +19,7 @@ from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, res
 from keras_bayesagg.engine import global_batch, gradients, step_by_step
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if, overflow_guard
+from keras_bayesagg.engine.metric_updates import update_compiled_metrics, update_loss_trackers
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
 
@@ -151,6 +152,7 @@ class MultiTaskModel(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, labels = self._unpack_batch(data)
+        present, filled = label_checks.present_and_filled(self.task_specs, labels)
         aggregator, tasks = self.aggregator, self.task_specs
         trunk_variables = list(self.trunk.trainable_variables)
         other_variables = [v for head in self.heads.values() for v in head.trainable_variables]
@@ -159,13 +161,14 @@ class MultiTaskModel(keras.Model):
             h = self._representation(x, training=True)
             h32 = tf.cast(h, tf.float32)
             logits = self._logits(h32)
-            per_sample = gradients.per_sample_unit_losses(tasks, labels, logits)
-            losses = tf.reduce_mean(per_sample, axis=0)
+            per_sample = gradients.per_sample_unit_losses(tasks, filled, logits, present)
+            losses = gradients.masked_mean_losses(per_sample, present)
             kernels = {name: head.kernel_and_bias()[0] for name, head in self.heads.items()}
+            heads = self.head_weights()
             inputs = gradients.aggregator_inputs(
-                aggregator, tape, tasks, labels, logits, losses, h32, kernels, self.head_weights(), trunk_variables
+                aggregator, tape, tasks, filled, logits, losses, h32, kernels, heads, trunk_variables, present
             )
-            rebuild = lambda rows, y: gradients.per_sample_task_gradients(tasks, y, self._logits(rows), kernels)  # noqa: E731
+            rebuild = gradients.task_gradients_from_rows(tasks, self._logits, kernels)
             inputs, own_rows = global_batch.gather(inputs, rebuild)  # identity on one replica
             aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows)
             scale = self.optimizer.scale_loss(tf.constant(1.0 / self.distribute_strategy.num_replicas_in_sync))
@@ -181,7 +184,7 @@ class MultiTaskModel(keras.Model):
             commit=lambda: aggregator.commit(aggregation),
             commit_when=overflow_guard(self.optimizer, grads),
         )
-        return self._update_metrics(sound, x, labels, logits, per_sample)
+        return self._update_metrics(sound, x, filled, logits, per_sample, present)
 
     def _record_faults(
         self,
@@ -198,19 +201,16 @@ class MultiTaskModel(keras.Model):
         faults = step_faults(self.task_specs, labels, h32, per_sample, aggregator_faults, grads)
         return self._compiled_parts.faults.sound(faults, blocks_rest=self.steps_per_execution > 1)
 
-    def _update_metrics(self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor) -> dict:
-        """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)."""
-        batch_size, losses, layout = tf.shape(per_sample)[0], tf.reduce_mean(per_sample, axis=0), self.task_layout
-        regularization = self._regularization()
+    def _update_metrics(
+        self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor, present: tf.Tensor
+    ) -> dict:
+        """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)
+        and present labels only: a tracker's weight is the number of samples with a label of its task(s)."""
+        losses, regularization = gradients.masked_mean_losses(per_sample, present), self._regularization()
 
         def update() -> tf.Tensor:
-            for name in self.task_specs:
-                self.task_loss_trackers[name].update_state(
-                    tf.reduce_sum(losses[layout.unit_slice(name)]), sample_weight=batch_size
-                )
-            total = tf.reduce_sum(losses) + (0.0 if regularization is None else regularization)
-            self._loss_tracker.update_state(total, sample_weight=batch_size)
-            self.compute_metrics(x, labels, self._predictions(logits), sample_weight=None)
+            update_loss_trackers(self, losses, regularization, present)
+            update_compiled_metrics(self, x, labels, self._predictions(logits), present)
             return tf.constant(True)
 
         tf.cond(sound, update, lambda: tf.constant(False))
@@ -218,11 +218,12 @@ class MultiTaskModel(keras.Model):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, labels = self._unpack_batch(data)
+        present, filled = label_checks.present_and_filled(self.task_specs, labels)
         h32 = tf.cast(self._representation(x, training=False), tf.float32)
         logits = self._logits(h32)
-        per_sample = gradients.per_sample_unit_losses(self.task_specs, labels, logits)
+        per_sample = gradients.per_sample_unit_losses(self.task_specs, filled, logits, present)
         sound = self._record_faults(labels, h32, per_sample)
-        return self._update_metrics(sound, x, labels, logits, per_sample)
+        return self._update_metrics(sound, x, filled, logits, per_sample, present)
 
     # ------------------------------------------------------------------ hooks (fit calls them; custom loops too)
     def begin_epoch(self) -> None:

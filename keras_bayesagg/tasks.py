@@ -3,6 +3,10 @@
 A *task* is one entry of the `tasks` dict given to `MultiTaskModel`. For aggregation a task is
 split into *task units* the way the paper counts tasks: every regression output and every
 binary output is one unit, a multiclass head is one unit.
+
+Missing labels are marked in the label tensor: NaN for a regression or binary output, class index
+−1 (or an all-zero one-hot row) for a multiclass head. `present` finds them, `fill_missing` puts a
+finite placeholder in their place; the engine masks their losses and gradients (docs/missing-labels.md).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
+from keras_bayesagg import label_tensors
 from keras_bayesagg.heads import LinearHead
 from keras_bayesagg.validation import whole_number
 
@@ -59,6 +64,14 @@ class Task:
         """What `labels_valid` checks, in words, for error messages."""
         return "valid values"
 
+    def present(self, labels: tf.Tensor) -> tf.Tensor:
+        """[B, num_task_units] float32: 1 where the canonical label is given, 0 where it is marked missing (NaN)."""
+        return tf.cast(~tf.math.is_nan(labels), tf.float32)
+
+    def fill_missing(self, labels: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+        """The canonical labels with each missing entry replaced by a finite placeholder (0): no NaN flows on."""
+        return tf.where(present > 0.0, labels, tf.zeros_like(labels))
+
     # -- losses and gradients ---------------------------------------------------------------
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         """ℓ_ik for every sample i and task unit k of this task: [B, num_task_units]."""
@@ -97,38 +110,6 @@ class Task:
         return hash((type(self).__name__, self.units))
 
 
-def _static_shape(labels: tf.Tensor) -> list[int | None]:
-    return list(labels.shape) if labels.shape.rank is not None else []
-
-
-def _as_tensor(name: str, task: Task, labels: Any) -> tf.Tensor:
-    try:
-        tensor = tf.convert_to_tensor(labels)
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"Task '{name}' ({task.describe()}): labels could not be converted to a tensor: {error}"
-        ) from None
-    if tensor.dtype == tf.string:
-        raise ValueError(f"Task '{name}' ({task.describe()}) expects numeric labels; got dtype string.")
-    return tensor
-
-
-def _dense_labels(name: str, task: Task, labels: Any) -> tf.Tensor:
-    """Labels with one value per output: shape (batch, units), or (batch,) when units == 1."""
-    tensor = _as_tensor(name, task, labels)
-    shape = _static_shape(tensor)
-    if len(shape) == 1 and task.units == 1:
-        tensor = tensor[:, None]
-    elif len(shape) != 2 or (shape[1] is not None and shape[1] != task.units):
-        expected = "(batch,) or (batch, 1)" if task.units == 1 else f"(batch, {task.units})"
-        raise ValueError(
-            f"Task '{name}' ({task.describe()}) expects labels of shape {expected}; got shape {tuple(shape)}."
-        )
-    if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype == tf.bool):
-        raise ValueError(f"Task '{name}' ({task.describe()}) expects numeric labels; got dtype {tensor.dtype.name}.")
-    return tf.cast(tensor, tf.float32)
-
-
 class Regression(Task):
     """`units` regression outputs with squared error (y - z)²; each output is one task."""
 
@@ -141,13 +122,13 @@ class Regression(Task):
         return f"Regression with {self.units} output{'s' if self.units > 1 else ''}"
 
     def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
-        return _dense_labels(name, self, labels)
+        return label_tensors.dense_labels(name, self, labels)
 
     def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_all(tf.math.is_finite(labels))
+        return tf.reduce_all(tf.math.is_finite(labels) | tf.math.is_nan(labels))
 
     def value_expectation(self) -> str:
-        return "expected finite numbers"
+        return "expected finite numbers (NaN marks a missing label)"
 
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         return tf.square(logits - labels)
@@ -165,13 +146,13 @@ class Binary(Task):
         return f"Binary with {self.units} output{'s' if self.units > 1 else ''}"
 
     def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
-        return _dense_labels(name, self, labels)
+        return label_tensors.dense_labels(name, self, labels)
 
     def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_all((labels >= 0.0) & (labels <= 1.0))
+        return tf.reduce_all(((labels >= 0.0) & (labels <= 1.0)) | tf.math.is_nan(labels))
 
     def value_expectation(self) -> str:
-        return "expected values in [0, 1] (0/1 labels or probabilities)"
+        return "expected values in [0, 1] (0/1 labels or probabilities; NaN marks a missing label)"
 
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -187,7 +168,8 @@ class Multiclass(Task):
     """One softmax head over `num_classes` classes; the whole head is one task.
 
     Labels are class indices (shape (batch,) or (batch, 1), integer) or one-hot / probability
-    rows (shape (batch, num_classes), float). Internally they are kept as probability rows.
+    rows (shape (batch, num_classes), float). Internally they are kept as probability rows; a
+    missing label (index −1, or an all-zero row) is an all-zero row.
     """
 
     kind = MULTICLASS
@@ -217,14 +199,15 @@ class Multiclass(Task):
         return {"num_classes": self.units}
 
     def prepare_labels(self, name: str, labels: Any) -> tf.Tensor:
-        tensor = _as_tensor(name, self, labels)
-        shape = _static_shape(tensor)
+        tensor = label_tensors.as_tensor(name, self, labels)
+        shape = label_tensors.static_shape(tensor)
         if tensor.dtype.is_integer and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             indices = tf.reshape(tf.cast(tensor, tf.int32), [-1])
-            # Out-of-range indices become a row of NaN so that `labels_valid` catches them.
+            # -1 (missing) becomes a row of zeros; other out-of-range indices a row of NaN for `labels_valid`.
             in_range = (indices >= 0) & (indices < self.units)
             one_hot = tf.one_hot(tf.where(in_range, indices, 0), self.units, dtype=tf.float32)
-            return tf.where(in_range[:, None], one_hot, tf.fill(tf.shape(one_hot), float("nan")))
+            invalid = tf.fill(tf.shape(one_hot), float("nan"))
+            return tf.where(in_range[:, None], one_hot, tf.where((indices == -1)[:, None], 0.0 * one_hot, invalid))
         if tensor.dtype.is_floating and len(shape) == 2 and shape[1] == self.units:
             return tf.cast(tensor, tf.float32)
         raise ValueError(
@@ -234,12 +217,21 @@ class Multiclass(Task):
         )
 
     def labels_valid(self, labels: tf.Tensor) -> tf.Tensor:
-        in_unit_interval = tf.reduce_all((labels >= 0.0) & (labels <= 1.0))
-        sums_to_one = tf.reduce_all(tf.abs(tf.reduce_sum(labels, axis=-1) - 1.0) < 1e-3)
-        return in_unit_interval & sums_to_one
+        in_unit_interval = tf.reduce_all((labels >= 0.0) & (labels <= 1.0), axis=-1)
+        sums_to_one = tf.abs(tf.reduce_sum(labels, axis=-1) - 1.0) < 1e-3
+        return tf.reduce_all((in_unit_interval & sums_to_one) | (self.present(labels)[:, 0] == 0.0))
 
     def value_expectation(self) -> str:
-        return f"expected class indices in [0, {self.units}) or probability rows that sum to 1"
+        return (
+            f"expected class indices in [0, {self.units}) or probability rows that sum to 1 (-1 marks a missing label)"
+        )
+
+    def present(self, labels: tf.Tensor) -> tf.Tensor:
+        """[B, 1]: 0 for an all-zero row (a missing label), 1 otherwise."""
+        return tf.cast(tf.reduce_any(tf.not_equal(labels, 0.0), axis=-1, keepdims=True), tf.float32)
+
+    def fill_missing(self, labels: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+        return labels  # a missing label already is a row of zeros
 
     def per_sample_losses(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)[:, None]

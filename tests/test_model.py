@@ -189,7 +189,7 @@ def test_label_shape_and_dtype_errors_name_the_task(task, bad_labels, message):
             r"Task 'kind'.*class indices in \[0, 4\)",
         ),
         ("flags", lambda y: y * 2.0, r"Task 'flags'.*values in \[0, 1\]"),
-        ("value", lambda y: np.where(np.arange(len(y)) == 0, np.nan, y).astype("float32"), r"Task 'value'.*finite"),
+        ("value", lambda y: np.where(np.arange(len(y)) == 0, np.inf, y).astype("float32"), r"Task 'value'.*finite"),
     ],
 )
 def test_label_values_that_do_not_fit_stop_training_without_an_update(task, corrupt, message, jit_compile):

@@ -6,7 +6,8 @@ task order). So a method only implements `combination_weights(gram)`; this base 
 computes the Gram matrix and the direction at the chosen level:
 
 - level="representation" (default): g_k is the gradient of L_k w.r.t. the batch of shared
-  representations, i.e. the per-sample gradients G[:, k, :] / B flattened to a B·D vector.
+  representations, i.e. the per-sample gradients G[:, k, :] / B flattened to a B·D vector
+  (G[:, k, :] / n_k with missing labels: L_k is the mean over the unit's n_k present labels).
   It comes for free from the linear heads (no extra backward pass) and the trunk then gets
   d reshaped to [B, D] by one backward pass, as with linear scalarization.
 - level="parameters": g_k = ∂L_k/∂θ over the trunk's trainable variables θ, as in the
@@ -33,16 +34,14 @@ from keras_bayesagg.validation import one_of
 LEVELS = ("representation", "parameters")
 
 
-def representation_gram(task_gradients: tf.Tensor) -> tf.Tensor:
-    """M_kl = ⟨G[:, k]/B, G[:, l]/B⟩ over the flattened batch: [B, K, D] → [K, K]."""
-    batch = tf.cast(tf.shape(task_gradients)[0], task_gradients.dtype)
-    return tf.einsum("bkd,bld->kl", task_gradients, task_gradients) / tf.square(batch)
+def representation_gram(loss_gradients: tf.Tensor) -> tf.Tensor:
+    """M_kl = ⟨g_k, g_l⟩ over the flattened batch, g_k = ∂L_k/∂h (`AggregatorInputs.loss_gradients`): [K, K]."""
+    return tf.einsum("bkd,bld->kl", loss_gradients, loss_gradients)
 
 
-def representation_direction(task_gradients: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """Σ_k w_k G[:, k]/B: the combined representation gradient, [B, D]."""
-    batch = tf.cast(tf.shape(task_gradients)[0], task_gradients.dtype)
-    return tf.einsum("k,bkd->bd", tf.cast(weights, task_gradients.dtype), task_gradients) / batch
+def representation_direction(loss_gradients: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Σ_k w_k g_k: the combined representation gradient, [B, D]."""
+    return tf.einsum("k,bkd->bd", tf.cast(weights, loss_gradients.dtype), loss_gradients)
 
 
 class GradientCombination(Aggregator):
@@ -67,12 +66,12 @@ class GradientCombination(Aggregator):
         if self.level == "representation":
             if inputs.task_gradients is None:
                 raise ValueError(f"{type(self).__name__}(level='representation') needs task_gradients.")
-            task_gradients = tf.stop_gradient(tf.cast(inputs.task_gradients, tf.float32))
-            weights, commit = self.propose_weights(representation_gram(task_gradients))
+            loss_gradients = tf.stop_gradient(tf.cast(inputs.loss_gradients(), tf.float32))
+            weights, commit = self.propose_weights(representation_gram(loss_gradients))
             weights = tf.cast(weights, tf.float32)
             return RepresentationAggregation(
                 objective=objective,
-                representation_gradient=representation_direction(task_gradients, weights),
+                representation_gradient=representation_direction(loss_gradients, weights),
                 task_weights=weights,
                 commit=commit,
             )

@@ -21,7 +21,7 @@ checkpoints, created before `fit` so XLA works); they are never called on data.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -70,6 +70,10 @@ class TaskLayout:
             start += task.num_task_units
         raise KeyError(task_name)
 
+    def unit_columns(self, task_names: Sequence[str]) -> tuple[int, ...]:
+        """The columns of these tasks' units among the K task units, in the order given."""
+        return tuple(column for name in task_names for column in range(*self.unit_slice(name).indices(self.num_units)))
+
     def names_of(self, kind: type[Task]) -> list[str]:
         """Task names of one kind (a Task class), in layout order."""
         return [name for name, task in self.tasks.items() if isinstance(task, kind)]
@@ -79,14 +83,18 @@ class TaskLayout:
 class AggregatorInputs:
     """What one train step hands to `Aggregator.aggregate` (tensors only).
 
-    losses: [K] mean-over-batch loss per task unit (differentiable: computed under the tape).
+    losses: [K] loss per task unit, the mean over the unit's present labels (differentiable: computed
+        under the tape).
     representation: h, [B, D] float32, without gradient (the trunk is reached through the result).
-    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B), or None unless
-        `needs_task_gradients`.
-    labels: per task name, canonical float32 labels ([B, units]; multiclass as probability rows).
+    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B; zero where the label is
+        missing), or None unless `needs_task_gradients`. ∂L_k/∂h_i is `loss_gradients()`.
+    labels: per task name, canonical float32 labels ([B, units]; multiclass as probability rows),
+        with a finite placeholder where the label is missing.
     head_weights: per task name, the head as W [units, D+1] (bias last), float32, no gradient.
     parameter_gradients: [K, P] ∂L_k/∂θ for the trunk's trainable variables, flattened in
         `trunk.trainable_variables` order, or None unless `needs_parameter_gradients`.
+    present: [B, K] float32, 1 where the label of (sample i, unit k) is given, 0 where it is missing
+        (the engine always sets it; None, e.g. in hand-made inputs, means every label is present).
     """
 
     losses: tf.Tensor
@@ -95,10 +103,34 @@ class AggregatorInputs:
     labels: Mapping[str, tf.Tensor]
     head_weights: Mapping[str, tf.Tensor]
     parameter_gradients: tf.Tensor | None = None
+    present: tf.Tensor | None = None
 
     @property
     def batch_size(self) -> tf.Tensor:
         return tf.shape(self.representation)[0]
+
+    def presence(self) -> tf.Tensor:
+        """`present`, or all ones [B, K] when it is None."""
+        if self.present is not None:
+            return tf.cast(self.present, tf.float32)
+        rows = self.batch_size if self.task_gradients is None else tf.shape(self.task_gradients)[0]
+        return tf.ones([rows, tf.shape(self.losses)[0]], tf.float32)
+
+    def unit_counts(self) -> tf.Tensor:
+        """n_k = max(Σ_i present_ik, 1) [K] float32: the denominators of the unit losses."""
+        return tf.maximum(tf.reduce_sum(self.presence(), axis=0), 1.0)
+
+    def loss_gradients(self) -> tf.Tensor:
+        """∂L_k/∂h_i = G[i, k] / n_k: [B, K, D] (G[:, k] / B when every label is present)."""
+        if self.task_gradients is None:
+            raise ValueError("loss_gradients needs task_gradients; set needs_task_gradients = True.")
+        counts = tf.cast(self.unit_counts(), self.task_gradients.dtype)
+        return self.task_gradients / counts[None, :, None]
+
+
+def labelled_samples(present: tf.Tensor) -> tf.Tensor:
+    """How many rows of `present` [B, k] have at least one present label: a float32 scalar."""
+    return tf.reduce_sum(tf.reduce_max(tf.cast(present, tf.float32), axis=1))
 
 
 def _no_commit() -> None:
@@ -130,7 +162,8 @@ class ObjectiveAggregation(Aggregation):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RepresentationAggregation(Aggregation):
-    """Back-propagate `representation_gradient` [B, D] (already divided by B) from h into the trunk."""
+    """Back-propagate `representation_gradient` [B, D] from h into the trunk: a batch-mean gradient (already
+    divided by B, or per unit by its present-label count n_k as in `AggregatorInputs.loss_gradients`)."""
 
     representation_gradient: tf.Tensor
 
@@ -280,8 +313,5 @@ class Aggregator(keras.layers.Layer):
 
 
 def sum_of_losses_gradient(inputs: AggregatorInputs) -> tf.Tensor:
-    """The representation gradient of Σ_k L_k: Σ_k G[:, k] / B (linear scalarization)."""
-    if inputs.task_gradients is None:
-        raise ValueError("sum_of_losses_gradient needs task_gradients; set needs_task_gradients = True.")
-    batch = tf.cast(inputs.batch_size, inputs.task_gradients.dtype)
-    return tf.reduce_sum(inputs.task_gradients, axis=1) / batch
+    """The representation gradient of Σ_k L_k: Σ_k G[:, k] / n_k (Σ_k G[:, k] / B when fully labelled)."""
+    return tf.reduce_sum(inputs.loss_gradients(), axis=1)

@@ -60,10 +60,12 @@ class FAMO(Aggregator):
 
     def aggregate(self, inputs: AggregatorInputs) -> ObjectiveAggregation:
         shifted = tf.stop_gradient(inputs.losses) + self.epsilon
-        log_losses = tf.math.log(shifted)
+        # A unit without labels in this batch has no loss change: it keeps its last log loss.
+        labelled = tf.reduce_sum(inputs.presence(), axis=0) > 0.0
+        log_losses = tf.where(labelled, tf.math.log(shifted), tf.convert_to_tensor(self.previous_log_losses))
         proposal = self._propose_logits(log_losses)
         z = tf.nn.softmax(proposal.value)
-        inverse = z / shifted
+        inverse = tf.where(labelled, z / shifted, 0.0)  # an unlabelled unit's loss (0) must not set the scale
         normalizer = tf.reduce_sum(inverse)
         objective = tf.reduce_sum(z * tf.math.log(inputs.losses + self.epsilon)) / normalizer
 

@@ -56,10 +56,11 @@ class GradNorm(Aggregator):
         weights = tf.convert_to_tensor(self.task_weights)
         objective = tf.reduce_sum(weights * inputs.losses)
 
-        initial = tf.where(self.has_initial_losses > 0, tf.convert_to_tensor(self.initial_losses), losses)
+        # A unit's initial loss is its first loss with labels (a unit without labels in a batch has loss 0).
+        stored = tf.convert_to_tensor(self.initial_losses)
+        initial = tf.where((self.has_initial_losses > 0) & (stored > 0.0), stored, losses)
 
-        batch = tf.cast(inputs.batch_size, tf.float32)
-        gradient_norms = tf.sqrt(tf.reduce_sum(tf.square(inputs.task_gradients), axis=[0, 2])) / batch
+        gradient_norms = tf.sqrt(tf.reduce_sum(tf.square(inputs.loss_gradients()), axis=[0, 2]))  # ‖∂L_k/∂h‖
         weighted_norms = weights * gradient_norms
         loss_ratios = losses / tf.maximum(initial, 1e-12)
         training_rates = loss_ratios / tf.maximum(tf.reduce_mean(loss_ratios), 1e-12)

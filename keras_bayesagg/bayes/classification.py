@@ -64,28 +64,39 @@ def head_weights(kernel: tf.Tensor, bias: tf.Tensor, dtype: tf.DType | str) -> t
     return tf.cast(tf.concat([tf.transpose(kernel), bias[:, None]], axis=1), dtype)
 
 
-def binary_curvature(features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> Curvature:
+def binary_curvature(
+    features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, present: tf.Tensor | None = None
+) -> Curvature:
     """GGN blocks Σ_i p_io(1-p_io) h̃_i h̃_iᵀ and loss gradients Σ_i (p_io - y_io) h̃_i of a binary set.
 
     `features` h [B, D], `labels` y [B, O] in [0, 1], `weights` W [O, D+1]. Cost O(B·O·D²).
+    `present` [B, O] (1: y_io is given) drops the terms of missing labels (their y must be finite).
     """
     extended = with_bias_feature(features)
     probabilities = tf.sigmoid(tf.matmul(extended, weights, transpose_b=True))  # [B, O]
     residuals = probabilities - labels
     curvature = probabilities * (1.0 - probabilities)
+    if present is not None:
+        mask = tf.cast(present, features.dtype)
+        residuals, curvature = residuals * mask, curvature * mask
     weighted = tf.transpose(curvature)[:, :, None] * extended[None, :, :]  # [O, B, D+1]
     ggn = tf.matmul(weighted, extended[None, :, :], transpose_a=True)  # [O, D+1, D+1]
     loss_gradient = tf.matmul(residuals, extended, transpose_a=True)  # [O, D+1]
     return Curvature(ggn, loss_gradient)
 
 
-def multiclass_curvature(features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> Curvature:
+def multiclass_curvature(
+    features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, present: tf.Tensor | None = None
+) -> Curvature:
     """GGN Σ_i (diag(p_i) - p_i p_iᵀ) ⊗ h̃_i h̃_iᵀ and loss gradient Σ_i (p_i - y_i) ⊗ h̃_i of a softmax head.
 
     `features` h [B, D], `labels` y [B, C] (one-hot or probability rows), `weights` W [C, D+1].
     Flattening is row-major in (class, feature), as in SPEC. Cost O(B·C²·D²).
+    `present` [B] (1: the sample's label is given) drops the rows of missing labels.
     """
     extended = with_bias_feature(features)
+    if present is not None:
+        extended = extended * tf.cast(tf.reshape(present, [-1, 1]), features.dtype)  # a zero row adds nothing
     num_classes = tf.shape(weights)[0]
     width = tf.shape(extended)[1]
     size = num_classes * width

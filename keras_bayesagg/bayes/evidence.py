@@ -80,6 +80,22 @@ def regression_evidence_variance(
     )
 
 
+def per_output_regression_evidence_variance(
+    feature_grams: tf.Tensor, feature_target: tf.Tensor, prior_variance: tf.Tensor | float, num_iterations: int = 10
+) -> tf.Tensor:
+    """`regression_evidence_variance` when each output o has its own gram G_o [O, D, D] (partly labelled
+    data, see `regression.per_output_full_data_posterior`): one shared γ ← Σ_o ‖m_o‖² / Σ_o n_eff,o.
+
+    Equal grams give the same γ as `regression_evidence_variance`. `feature_target` is [D, O].
+    """
+    eigenvalues, eigenvectors = tf.linalg.eigh(feature_grams)  # [O, D], [O, D, D]
+    pulls = tf.einsum("ode,do->oe", eigenvectors, feature_target)  # U_oᵀ Σh y_o  [O, D]
+    # Flattened over outputs with one "output": the sums of the update run over (o, k) together.
+    return _fixed_point(
+        tf.reshape(eigenvalues, [-1]), tf.reshape(tf.square(pulls), [-1]), 1, prior_variance, num_iterations
+    )
+
+
 def classification_evidence_variance(
     curvature: Curvature, weights: tf.Tensor, prior_variance: tf.Tensor | float, num_iterations: int = 10
 ) -> tf.Tensor:

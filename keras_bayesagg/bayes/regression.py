@@ -66,6 +66,29 @@ def full_data_posterior(feature_gram: tf.Tensor, feature_target: tf.Tensor, prio
     return FullDataPosterior(precision, 0.5 * (covariance + tf.transpose(covariance)), mean, ok)
 
 
+def per_output_feature_grams(features: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+    """Σ_i m_io h_i h_iᵀ for each output o: [O, D, D] from `features` H [B, D] and `present` m [B, O]."""
+    masked = tf.transpose(tf.cast(present, features.dtype))[:, :, None] * features[None, :, :]  # [O, B, D]
+    return tf.matmul(masked, features[None, :, :], transpose_a=True)
+
+
+def per_output_full_data_posterior(
+    feature_grams: tf.Tensor, feature_target: tf.Tensor, prior_variance: float | tf.Tensor
+) -> FullDataPosterior:
+    """`full_data_posterior` with one precision per output, for partly labelled data: output o sees only
+    the rows where its label is present, Λ_o = I/γ + Σ_i m_io h_i h_iᵀ and m_o = Λ_o⁻¹ Σ_i m_io h_i y_io.
+
+    `feature_grams` [O, D, D] (e.g. `per_output_feature_grams`), `feature_target` [D, O] (missing y
+    set to 0). Returns precision and covariance [O, D, D], mean [O, D] and ok [O].
+    """
+    dim = tf.shape(feature_grams)[-1]
+    precision = feature_grams + tf.eye(dim, dtype=feature_grams.dtype) / prior_variance
+    factor, ok = safe_cholesky(precision)
+    mean = tf.linalg.cholesky_solve(factor, tf.transpose(feature_target)[:, :, None])[:, :, 0]
+    covariance = inverse_from_cholesky(factor)
+    return FullDataPosterior(precision, 0.5 * (covariance + tf.linalg.matrix_transpose(covariance)), mean, ok)
+
+
 def batch_posterior(
     prior_precision: tf.Tensor,
     prior_precision_mean: tf.Tensor,

@@ -4,10 +4,11 @@ Under a strategy with R > 1 replicas (MirroredStrategy, MultiWorkerMirroredStrat
 holds b_r rows of a global batch of B = Σ b_r rows. `gather` turns a replica's `AggregatorInputs`
 into the global batch's, the same on every replica:
 
-- h and the labels are all-gathered (in replica order, which is the order of the rows in the global
-  batch), and the per-sample task gradients rebuilt from them (or gathered too);
-- the per-unit losses take the value of the global mean, while their gradient stays this replica's
-  own, weighted so that the optimizer's sum over replicas (times 1/R) is the global mean's gradient;
+- h, the labels and the presence mask are all-gathered (in replica order, which is the order of the
+  rows in the global batch), and the per-sample task gradients rebuilt from them (or gathered too);
+- the per-unit losses take the value of the global mean over present labels, while their gradient
+  stays this replica's own, weighted by its share of the unit's present labels so that the
+  optimizer's sum over replicas (times 1/R) is the global mean's gradient;
 - per-unit parameter gradients are all-reduced to the global mean.
 
 The aggregator then runs on identical inputs on every replica (same seeds, same state), so its
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators import base
 
-TaskGradients = Callable[[tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
+TaskGradients = Callable[[tf.Tensor, Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,8 @@ def gather(
 ) -> tuple[base.AggregatorInputs, ReplicaRows | None]:
     """The global batch's aggregator inputs (identical on every replica), and this replica's rows.
 
-    `task_gradients_of(representation, labels)` rebuilds the per-sample task gradients [B, K, D]
-    from the gathered rows (for linear heads that is cheap), so only h and the labels cross
+    `task_gradients_of(representation, labels, present)` rebuilds the per-sample task gradients
+    [B, K, D] from the gathered rows (for linear heads that is cheap), so only h and the labels cross
     devices: B·(D + label columns) values per step instead of B·(D + label columns + K·D).
     """
     context = multi_replica_context()
@@ -65,7 +66,8 @@ def gather(
     offset = tf.reduce_sum(tf.where(tf.range(replicas) < replica, sizes, tf.zeros_like(sizes)))
     rows = ReplicaRows(offset=offset, size=local_rows, replicas=replicas)
 
-    counts = tf.fill(tf.shape(inputs.losses), tf.cast(local_rows, tf.float32))  # rows behind each unit's mean
+    present = inputs.presence()
+    counts = tf.reduce_sum(present, axis=0)  # present labels behind each unit's mean
     total_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
     share = counts / tf.maximum(total_counts, 1.0)
     global_losses = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(inputs.losses) * share)
@@ -90,12 +92,15 @@ def gather(
         task_gradients=None,
         labels={name: all_rows(labels) for name, labels in inputs.labels.items()},
         parameter_gradients=parameter_gradients,
+        present=all_rows(present),
     )
     if inputs.task_gradients is not None:
         task_gradients = (
             all_rows(inputs.task_gradients)
             if task_gradients_of is None
-            else tf.stop_gradient(task_gradients_of(global_inputs.representation, global_inputs.labels))
+            else tf.stop_gradient(
+                task_gradients_of(global_inputs.representation, global_inputs.labels, global_inputs.present)
+            )
         )
         global_inputs = dataclasses.replace(global_inputs, task_gradients=task_gradients)
     return global_inputs, rows

@@ -1,11 +1,15 @@
 """Losses, task gradients and the routing of an aggregation into (gradient, variable) pairs.
 
 Shapes: B samples, K task units (layout order), D = dim(h), P = trunk parameters (flattened).
+
+Missing labels: `present` [B, K] is 1 where the label of (sample i, unit k) is given. The loss of
+unit k is the mean over its present labels, L_k = Σ_i m_ik ℓ_ik / max(n_k, 1) with n_k = Σ_i m_ik,
+and a missing (i, k) has no loss and a zero per-sample gradient row.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -15,10 +19,20 @@ from keras_bayesagg.tasks import Task
 
 
 def per_sample_unit_losses(
-    tasks: Mapping[str, Task], labels: Mapping[str, tf.Tensor], logits: Mapping[str, tf.Tensor]
+    tasks: Mapping[str, Task],
+    labels: Mapping[str, tf.Tensor],
+    logits: Mapping[str, tf.Tensor],
+    present: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """ℓ_ik for every sample i and task unit k: [B, K]."""
-    return tf.concat([task.per_sample_losses(labels[name], logits[name]) for name, task in tasks.items()], axis=1)
+    """ℓ_ik for every sample i and task unit k: [B, K]; 0 where `present` is 0."""
+    losses = tf.concat([task.per_sample_losses(labels[name], logits[name]) for name, task in tasks.items()], axis=1)
+    return losses if present is None else tf.where(present > 0.0, losses, tf.zeros_like(losses))
+
+
+def masked_mean_losses(per_sample: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+    """L_k = Σ_i m_ik ℓ_ik / max(Σ_i m_ik, 1): [B, K] → [K]; a unit without labels in the batch has loss 0."""
+    masked = tf.where(present > 0.0, per_sample, tf.zeros_like(per_sample))
+    return tf.reduce_sum(masked, axis=0) / tf.maximum(tf.reduce_sum(present, axis=0), 1.0)
 
 
 def per_sample_task_gradients(
@@ -26,13 +40,26 @@ def per_sample_task_gradients(
     labels: Mapping[str, tf.Tensor],
     logits: Mapping[str, tf.Tensor],
     kernels: Mapping[str, tf.Tensor],
+    present: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """∂ℓ_ik/∂h_i: [B, K, D], exact for linear heads z = h·kernel + b (no extra backward pass)."""
+    """∂ℓ_ik/∂h_i: [B, K, D], exact for linear heads z = h·kernel + b (no extra backward pass); rows of
+    missing labels (`present` 0) are zero."""
     pieces = []
     for name, task in tasks.items():
         residuals = task.logit_gradients(labels[name], tf.stop_gradient(logits[name]))
         pieces.append(task.representation_gradients(residuals, tf.stop_gradient(kernels[name])))
-    return tf.concat(pieces, axis=1)
+    gradients = tf.concat(pieces, axis=1)
+    return gradients if present is None else gradients * present[:, :, None]
+
+
+def task_gradients_from_rows(
+    tasks: Mapping[str, Task],
+    logits_of: Callable[[tf.Tensor], Mapping[str, tf.Tensor]],
+    kernels: Mapping[str, tf.Tensor],
+) -> Callable[[tf.Tensor, Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]:
+    """(h, labels, present) → per-sample task gradients [B, K, D] through the heads' `logits_of`: rebuilds
+    them for rows gathered from other replicas (engine/global_batch.py)."""
+    return lambda rows, labels, present: per_sample_task_gradients(tasks, labels, logits_of(rows), kernels, present)
 
 
 def per_unit_parameter_gradients(
@@ -76,11 +103,15 @@ def aggregator_inputs(
     kernels: Mapping[str, tf.Tensor],
     head_weights: Mapping[str, tf.Tensor],
     trunk_variables: Sequence[tf.Variable],
+    present: tf.Tensor | None = None,
 ) -> base.AggregatorInputs:
-    """What the aggregator sees (tensors only); task or parameter gradients only when it asks for them."""
+    """What the aggregator sees (tensors only); task or parameter gradients only when it asks for them.
+    `labels` hold placeholders where `present` [B, K] is 0 (None: every label is present)."""
+    if present is None:
+        present = tf.ones([tf.shape(representation)[0], losses.shape[0]], tf.float32)
     task_gradients = parameter_gradients = None
     if aggregator.needs_task_gradients:
-        task_gradients = per_sample_task_gradients(tasks, labels, logits, kernels)
+        task_gradients = per_sample_task_gradients(tasks, labels, logits, kernels, present)
     if aggregator.needs_parameter_gradients:
         parameter_gradients = per_unit_parameter_gradients(tape, losses, trunk_variables)
     return base.AggregatorInputs(
@@ -90,6 +121,7 @@ def aggregator_inputs(
         labels=dict(labels),
         head_weights=dict(head_weights),
         parameter_gradients=parameter_gradients,
+        present=present,
     )
 
 

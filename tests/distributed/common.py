@@ -20,8 +20,14 @@ def bayesagg() -> kb.BayesAgg:
     return kb.BayesAgg(moments="monte_carlo", num_samples=64, seed=3, warmup_epochs=1)
 
 
-def dataset(num_samples: int = NUM_SAMPLES) -> tf.data.Dataset:
+def dataset(num_samples: int = NUM_SAMPLES, missing: bool = False) -> tf.data.Dataset:
+    """The mixed-task rows in global batches; `missing`: about a third of the labels marked missing."""
     x, y = mixed_task_data(num_samples=num_samples)
+    if missing:
+        rng = np.random.default_rng(7)
+        y["value"] = np.where(rng.random(num_samples) < 0.3, np.nan, y["value"]).astype("float32")
+        y["flags"] = np.where(rng.random(y["flags"].shape) < 0.3, np.nan, y["flags"]).astype("float32")
+        y["kind"] = np.where(rng.random(num_samples) < 0.3, -1, y["kind"]).astype("int32")
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     options = tf.data.Options()
     # Worker w gets the w-th slice of every global batch (the order one device sees the rows in).
@@ -39,6 +45,7 @@ def trained(
     epochs: int = 2,
     steps_per_execution: int = 1,
     callbacks: list | None = None,
+    missing: bool = False,
 ) -> kb.MultiTaskModel:
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -47,7 +54,7 @@ def trained(
         model.compile(
             optimizer=keras.optimizers.SGD(0.05), aggregator=make_aggregator(), steps_per_execution=steps_per_execution
         )
-    model.fit(dataset(), epochs=epochs, verbose=0, callbacks=callbacks)
+    model.fit(dataset(missing=missing), epochs=epochs, verbose=0, callbacks=callbacks)
     return model
 
 

@@ -1,6 +1,6 @@
 """Run as a script (two logical CPUs must be configured before TensorFlow starts): MirroredStrategy vs one device.
 
-argv[1]: "fast" (BayesAgg, steps_per_execution, saving, a bad label, a few other aggregators) or "all"
+argv[1]: "fast" (BayesAgg, steps_per_execution, missing labels, saving, a bad label, two other aggregators) or "all"
 (every aggregator, both levels of the gradient methods). Prints OK at the end.
 """
 
@@ -40,6 +40,13 @@ def check_equal(label, make, epochs=2, steps_per_execution=1, single=None):
 single = common.weights(common.trained(one_device, common.bayesagg, epochs=2))
 replicated = check_equal("BayesAgg", common.bayesagg, single=single)
 check_equal("BayesAgg steps_per_execution=3", common.bayesagg, steps_per_execution=3, single=single)
+# Missing labels: the global unit losses and BayesAgg's posteriors count the present labels of all replicas.
+partly_labelled = common.weights(common.trained(one_device, common.bayesagg, missing=True))
+worst = common.worst_relative_difference(
+    partly_labelled, common.weights(common.trained(mirrored, common.bayesagg, missing=True))
+)
+print(f"BayesAgg with missing labels: worst relative difference {worst:.2e}", flush=True)
+assert worst < TOLERANCE, worst
 
 # A model saved under the strategy reloads on one device with equal predictions.
 path = os.path.join(tempfile.mkdtemp(), "mirrored.keras")

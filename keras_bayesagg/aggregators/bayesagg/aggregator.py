@@ -10,30 +10,28 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
+from keras_bayesagg import validation
 from keras_bayesagg.aggregators.base import (
     Aggregator,
     AggregatorInputs,
     RepresentationAggregation,
     TaskLayout,
+    labelled_samples,
     peek_seeds,
     sum_of_losses_gradient,
 )
 from keras_bayesagg.aggregators.bayesagg import evidence_log, memory
-from keras_bayesagg.aggregators.bayesagg.classification_part import ClassificationGroup, group_holding
+from keras_bayesagg.aggregators.bayesagg.classification_part import (
+    ClassificationGroup,
+    classification_groups,
+    group_holding,
+)
+from keras_bayesagg.aggregators.bayesagg.posterior_faults import posterior_faults
 from keras_bayesagg.aggregators.bayesagg.predictive_part import PredictivePart, PredictiveServing
 from keras_bayesagg.aggregators.bayesagg.regression_part import RegressionPart
 from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
 from keras_bayesagg.bayes.aggregation import inverse_variance_aggregate
-from keras_bayesagg.engine.faults import Fault
-from keras_bayesagg.tasks import Binary, Multiclass, Regression
-from keras_bayesagg.validation import (
-    one_of,
-    optional_positive_float,
-    optional_seed,
-    positive_float,
-    power,
-    whole_number,
-)
+from keras_bayesagg.tasks import Regression
 
 LINALG_DTYPES = ("float32", "float64")
 MOMENTS = ("exact", "monte_carlo")
@@ -63,6 +61,9 @@ class BayesAgg(PredictiveServing, Aggregator):
         memory_limit_gb: refuse task layouts whose state and per-step work would take more
             (estimated before allocating; None: no check).
 
+    Missing labels: each sample's weights are normalized over its present task units and the
+    aggregated gradient is averaged over the samples with at least one label (over B when fully labelled).
+
     Defaults follow the authors' UTKFace setting (γ = 0.005, s_reg = 0.3, s_cls = 0.1, S = 1024).
     """
 
@@ -87,17 +88,19 @@ class BayesAgg(PredictiveServing, Aggregator):
         self.prior_variance = (
             "auto"
             if prior_variance == "auto"
-            else positive_float("BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"')
+            else validation.positive_float(
+                "BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"'
+            )
         )
-        self.moments = one_of("BayesAgg", "moments", moments, MOMENTS)
-        self.regression_power = power("BayesAgg", "regression_power", regression_power)
-        self.classification_power = power("BayesAgg", "classification_power", classification_power)
-        self.num_samples = whole_number("BayesAgg", "num_samples", num_samples)
-        self.warmup_epochs = whole_number("BayesAgg", "warmup_epochs", warmup_epochs, minimum=0)
-        self.seed = optional_seed("BayesAgg", "seed", seed)
-        self.linalg_dtype = one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
-        self.feature_buffer_rows = whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
-        self.memory_limit_gb = optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
+        self.moments = validation.one_of("BayesAgg", "moments", moments, MOMENTS)
+        self.regression_power = validation.power("BayesAgg", "regression_power", regression_power)
+        self.classification_power = validation.power("BayesAgg", "classification_power", classification_power)
+        self.num_samples = validation.whole_number("BayesAgg", "num_samples", num_samples)
+        self.warmup_epochs = validation.whole_number("BayesAgg", "warmup_epochs", warmup_epochs, minimum=0)
+        self.seed = validation.optional_seed("BayesAgg", "seed", seed)
+        self.linalg_dtype = validation.one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
+        self.feature_buffer_rows = validation.whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
+        self.memory_limit_gb = validation.optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
@@ -114,34 +117,32 @@ class BayesAgg(PredictiveServing, Aggregator):
         )
         units = {name: task.units for name, task in layout.tasks.items()}
         regression = {name: units[name] for name in layout.names_of(Regression)}
-        binary = {name: units[name] for name in layout.names_of(Binary)}
         fixed = None if self.prior_variance == "auto" else self.prior_variance
         common = dict(
             dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
         )
         self.regression = RegressionPart(self, regression, **common) if regression else None
-        self.groups: list[ClassificationGroup] = []
-        exact = self.moments == "exact"
-        if binary:
-            self.groups.append(ClassificationGroup(self, "binary", binary, multiclass=False, exact=exact, **common))
-        for name in layout.names_of(Multiclass):
-            self.groups.append(
-                ClassificationGroup(self, name, {name: units[name]}, multiclass=True, exact=exact, **common)
-            )
+        self.groups = classification_groups(self, layout, exact=self.moments == "exact", **common)
+        self.regression_columns = layout.unit_columns(regression)
         self.staging = None
         if self.groups:
-            self.staging = RowStaging(self.feature_buffer_rows, dim, sum(group.label_columns for group in self.groups))
+            self.staging = RowStaging(self.feature_buffer_rows, dim, sum(group.staged_columns for group in self.groups))
         # A Python tuple, not a tensor: the model may be built inside a traced step.
         self.unit_powers = tuple(
             self.regression_power if unit.task in regression else self.classification_power for unit in layout.units
         )
         self.predictive = PredictivePart(self, self.regression, self.groups, self.linalg_dtype)  # variables last
+        if self.regression:
+            self.regression.add_output_state()  # after the predictive part's: files without them still load
 
     # ------------------------------------------------------------------ per step
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:
         features = tf.cast(inputs.representation, self.linalg_dtype)
+        present = inputs.presence()
         targets = self.regression.targets(inputs.labels) if self.regression else None
+        regression_present = tf.gather(present, tf.constant(self.regression_columns, tf.int32), axis=1)
         group_labels = [group.labels(inputs.labels) for group in self.groups]
+        group_present = [group.presence(present) for group in self.groups]
         group_weights = [group.weights(inputs.head_weights) for group in self.groups]
         # Seeds are drawn every applied step (also in warm-up), so a run depends on its seed alone.
         seeds, advance_seeds = peek_seeds(self.seed_generator, len(self.groups))
@@ -153,33 +154,29 @@ class BayesAgg(PredictiveServing, Aggregator):
         def bayesian() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             moments, task_ok = {}, {}
             if self.regression:
-                regression_moments, ok = self.regression.moments(features, targets)
+                regression_moments, ok = self.regression.moments(features, targets, regression_present)
                 moments.update(regression_moments)
                 task_ok.update({name: ok for name in regression_moments})
-            for group, labels, weights, seed in zip(self.groups, group_labels, group_weights, seeds):
-                group_moments, group_ok = group.moments(features, labels, weights, self.num_samples, seed)
+            parts = zip(self.groups, group_labels, group_present, group_weights, seeds)
+            for group, labels, mask, weights, seed in parts:
+                group_moments, group_ok = group.moments(features, labels, mask, weights, self.num_samples, seed)
                 moments.update(group_moments)
                 task_ok.update(group_ok)
             combined = inverse_variance_aggregate(
                 tf.cast(tf.concat([moments[name].mean for name in names], axis=1), tf.float32),
                 tf.cast(tf.concat([moments[name].variance for name in names], axis=1), tf.float32),
                 tf.constant(self.unit_powers, tf.float32),
+                present,
             )
             failed = tf.stack([~task_ok[name] for name in names])
-            # K·mean α: equal weights are ones, on the scale of the warm-up (linear scalarization).
-            weights = self.layout.num_units * tf.reduce_mean(combined.weights, axis=[0, 2])
-            return combined.gradient / tf.cast(inputs.batch_size, tf.float32), weights, failed
+            # K·mean α over labelled samples: equal weights are ones, on the scale of the warm-up (linear scalarization).
+            samples = tf.maximum(labelled_samples(present), 1.0)
+            weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(combined.weights, axis=2), axis=0) / samples
+            return combined.gradient / samples, weights, failed
 
         gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
-        faults = tuple(
-            Fault(
-                failed[index],
-                f"BayesAgg: the batch posterior of task '{name}' ({self.layout.tasks[name].describe()}) "
-                "could not be factored even with jitter (non-finite or huge representations or head weights).",
-            )
-            for index, name in enumerate(names)
-        )
-        collect = self._collect(features, targets, inputs.representation, group_labels)
+        staged = [tf.concat([labels, mask], axis=1) for labels, mask in zip(group_labels, group_present)]
+        collect = self._collect(features, targets, regression_present, inputs.representation, staged)
 
         def commit() -> None:
             advance_seeds()
@@ -191,16 +188,18 @@ class BayesAgg(PredictiveServing, Aggregator):
             representation_gradient=gradient,
             task_weights=weights,
             commit=commit,
-            faults=faults,
+            faults=posterior_faults(self.layout, failed),
         )
 
-    def _collect(self, features: tf.Tensor, targets: Any, representation: tf.Tensor, group_labels: list) -> Any:
+    def _collect(
+        self, features: tf.Tensor, targets: Any, present: tf.Tensor, representation: tf.Tensor, staged: list
+    ) -> Any:
         """The write of this step's full-data statistics (only from the last warm-up epoch on: earlier
-        epochs' data never becomes a prior)."""
-        writes = [self.regression.collect(features, targets)] if self.regression else []
-        writes += self.predictive.collect(targets)
+        epochs' data never becomes a prior). `staged`: per group, its labels and presence columns."""
+        writes = [self.regression.collect(features, targets, present)] if self.regression else []
+        writes += self.predictive.collect(targets, present)
         if self.staging:
-            writes.append(self.staging.write(representation, tf.concat(group_labels, axis=1)))
+            writes.append(self.staging.write(representation, tf.concat(staged, axis=1)))
         needed = self.completed_epochs + 1 >= self.warmup_epochs
 
         def run() -> tf.Tensor:
@@ -248,8 +247,8 @@ class BayesAgg(PredictiveServing, Aggregator):
             column = 0
             for group in self.groups:
                 weights = group.weights(head_weights)
-                group.refresh(features, labels[:, column : column + group.label_columns], weights)
-                column += group.label_columns
+                group.refresh(features, labels[:, column : column + group.staged_columns], weights)
+                column += group.staged_columns
         if prior_needed:
             self.predictive.refresh()
         self.begin_epoch()  # the statistics are spent: an epoch's sums never outlive it
@@ -278,6 +277,11 @@ class BayesAgg(PredictiveServing, Aggregator):
         if not self.overridden_heads or int(self.completed_epochs.numpy()) < max(self.warmup_epochs, 1):
             return {}
         return self.regression.posterior_kernels()
+
+    def later_version_variables(self) -> list[keras.Variable]:
+        """The predictive part's variables, then the per-output regression state (partly labelled data)."""
+        output_state = list(self.regression.output_state) if self.built and self.regression else []
+        return super().later_version_variables() + output_state
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -3,19 +3,23 @@
 A *group* shares one block structure: all binary outputs together (O blocks of D+1, SPEC
 "binary set: no cross terms") or one multiclass head (one block of C(D+1)). The prior of a group
 is the Newton posterior over all of the epoch's (h, y) rows at the heads' weights at the end of
-the epoch; it cannot be accumulated step by step, hence the staged rows (`row_staging`).
+the epoch; it cannot be accumulated step by step, hence the staged rows (`row_staging`). Missing
+labels (`present` 0) add no term to a batch posterior or to the full-data curvature; the staged rows
+carry the group's presence columns after its label columns.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bayesagg.aggregators.base import TaskLayout
 from keras_bayesagg.bayes import classification, evidence, exact_moments
 from keras_bayesagg.bayes.regression import GradientMoments
+from keras_bayesagg.tasks import Binary, Multiclass
 
 FULL_DATA_CHUNK_ROWS = 4096
 QUADRATURE_NODES = 64  # exact to ~1e-7 up to logit variances of 10 (32 nodes: 1e-4), at the same cost
@@ -41,6 +45,7 @@ class ClassificationGroup:
         prior_variance: γ of the full-data prior, or None to choose it per block by the evidence
             (starting from `initial_prior_variance`, then from the last epoch's choice).
         exact: exact (quadrature) moments where they exist (binary outputs, 2-class heads).
+        columns: the group's task units among the K units of the layout (for the presence mask).
     """
 
     def __init__(
@@ -54,14 +59,17 @@ class ClassificationGroup:
         multiclass: bool,
         exact: bool,
         initial_prior_variance: float,
+        columns: Sequence[int] = (),
     ) -> None:
         self.task_units = dict(task_units)
+        self.columns = tuple(columns)
         self.prefix = prefix
         self.multiclass = multiclass
         self.prior_variance = prior_variance
         self.dtype = dtype
         self.exact = exact and (not multiclass or self.task_units[next(iter(self.task_units))] == 2)
         self.label_columns = sum(self.task_units.values())
+        self.staged_columns = self.label_columns + len(self.columns)  # labels, then presence
         width = dim + 1
         self.blocks, self.block_size = (1, self.label_columns * width) if multiclass else (self.label_columns, width)
 
@@ -83,23 +91,38 @@ class ClassificationGroup:
         """The group's label columns side by side: [B, label_columns]."""
         return tf.concat([tf.cast(labels[name], tf.float32) for name in self.task_units], axis=1)
 
+    def presence(self, present: tf.Tensor) -> tf.Tensor:
+        """The group's columns of `present` [B, K]: [B, outputs] for a binary set, [B, 1] for a multiclass head."""
+        return tf.gather(tf.cast(present, tf.float32), tf.constant(self.columns, tf.int32), axis=1)
+
     def weights(self, head_weights: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Current head weights as blocks [M, n] (multiclass: flattened row-major in (class, feature))."""
         stacked = tf.concat([tf.cast(head_weights[name], self.dtype) for name in self.task_units], axis=0)
         return tf.reshape(stacked, [1, -1]) if self.multiclass else stacked
 
-    def curvature(self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> classification.Curvature:
+    def curvature(
+        self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, present: tf.Tensor
+    ) -> classification.Curvature:
+        present = tf.cast(present, self.dtype)
         if self.multiclass:
-            return classification.multiclass_curvature(features, labels, tf.reshape(weights, [self.label_columns, -1]))
-        return classification.binary_curvature(features, labels, weights)
+            kernel = tf.reshape(weights, [self.label_columns, -1])
+            return classification.multiclass_curvature(features, labels, kernel, present[:, 0])
+        return classification.binary_curvature(features, labels, weights, present)
 
     def moments(
-        self, features: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, num_samples: int, seed: tf.Tensor
+        self,
+        features: tf.Tensor,
+        labels: tf.Tensor,
+        present: tf.Tensor,
+        weights: tf.Tensor,
+        num_samples: int,
+        seed: tf.Tensor,
     ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
-        """Per task: gradient moments [B, units or 1, D] under the batch posterior, and whether it factored."""
+        """Per task: gradient moments [B, units or 1, D] under the batch posterior of the present rows, and
+        whether it factored (rows of missing labels get placeholder moments: their weight is 0)."""
         labels = tf.cast(labels, self.dtype)
         posterior = classification.newton_posterior(
-            self.curvature(features, labels, weights),
+            self.curvature(features, labels, weights, present),
             weights,
             tf.convert_to_tensor(self.prior_precision),
             tf.convert_to_tensor(self.prior_mean),
@@ -124,14 +147,18 @@ class ClassificationGroup:
             start += units
         return split, ok
 
-    def refresh(self, features: np.ndarray, labels: np.ndarray, weights: tf.Tensor) -> None:
-        """Prior of the next epoch: the Newton posterior over all rows at `weights`, prior N(0, γI)."""
+    def refresh(self, features: np.ndarray, staged: np.ndarray, weights: tf.Tensor) -> None:
+        """Prior of the next epoch: the Newton posterior over all present rows at `weights`, prior N(0, γI).
+        `staged` holds the group's label columns, then its presence columns."""
+        labels, present = staged[:, : self.label_columns], staged[:, self.label_columns :]
         total = None
         for start in range(0, len(features), FULL_DATA_CHUNK_ROWS):
+            rows = slice(start, start + FULL_DATA_CHUNK_ROWS)
             chunk = self.curvature(
-                tf.constant(features[start : start + FULL_DATA_CHUNK_ROWS], self.dtype),
-                tf.constant(labels[start : start + FULL_DATA_CHUNK_ROWS], self.dtype),
+                tf.constant(features[rows], self.dtype),
+                tf.constant(labels[rows], self.dtype),
                 weights,
+                tf.constant(present[rows], self.dtype),
             )
             total = chunk if total is None else classification.add_curvatures(total, chunk)
         if self.chosen_prior_variance is None:
@@ -158,6 +185,24 @@ class ClassificationGroup:
                     "jitter; the trunk's representation or the head's weights have non-finite or huge values."
                 )
             start += blocks
+
+
+def classification_groups(
+    owner: keras.layers.Layer, layout: TaskLayout, exact: bool, **common: Any
+) -> list[ClassificationGroup]:
+    """The groups of a layout, in layout order: all binary outputs together, then each multiclass head."""
+    groups = []
+    binary = {name: layout.tasks[name].units for name in layout.names_of(Binary)}
+    if binary:
+        columns = layout.unit_columns(list(binary))
+        groups.append(
+            ClassificationGroup(owner, "binary", binary, multiclass=False, exact=exact, columns=columns, **common)
+        )
+    for name in layout.names_of(Multiclass):
+        units = {name: layout.tasks[name].units}
+        columns = layout.unit_columns([name])
+        groups.append(ClassificationGroup(owner, name, units, multiclass=True, exact=exact, columns=columns, **common))
+    return groups
 
 
 def group_holding(groups: list[ClassificationGroup], task_name: str) -> ClassificationGroup:

@@ -27,11 +27,13 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = A
     items = []
     outputs = sum(task.units for task in layout.tasks.values() if isinstance(task, Regression))
     if outputs:
-        # Three D×D state matrices, the D×D posterior of a step with B >= D, the rank-B update otherwise.
+        # Three D×D state matrices, the D×D posterior of a step with B >= D, the rank-B update otherwise;
+        # with O > 1 outputs, three [O, D, D] arrays for partly labelled data (per-output grams and priors).
+        per_output = 3 * outputs * dim * dim if outputs > 1 else 0
         items.append(
             MemoryItem(
                 "regression tasks",
-                itemsize * (5 * dim * dim + 3 * batch * dim + 2 * outputs * dim),
+                itemsize * (5 * dim * dim + per_output + 3 * batch * dim + 2 * outputs * dim),
                 "a smaller representation dimension D",
             )
         )

@@ -47,12 +47,18 @@ class PredictivePart:
         self.ready = state("uncertainty_ready", ())
         self.variables.append(self.ready)
 
-    def collect(self, targets: tf.Tensor | None) -> list[Callable[[], Any]]:
-        """The write that adds this step's Σy² and row count (regression targets [B, O]; none without)."""
+    def collect(self, targets: tf.Tensor | None, present: tf.Tensor) -> list[Callable[[], Any]]:
+        """The write that adds this step's Σy² and row count (regression targets [B, O], 0 where `present`
+        [B, O] is 0; none without). With O > 1 outputs, a partly labelled batch counts its rows per output
+        (`RegressionPart.output_rows`) instead."""
         if self.regression is None:
             return []
         squares = tf.reduce_sum(tf.square(targets), axis=0)
-        rows = tf.cast(tf.shape(targets)[0], self.dtype)
+        present = tf.cast(present, self.dtype)
+        if self.regression.outputs == 1:
+            rows = tf.reduce_sum(present)
+        else:
+            rows = tf.where(tf.reduce_all(present > 0.0), tf.cast(tf.shape(targets)[0], self.dtype), 0.0)
 
         def write() -> None:
             self.target_square_sum.assign_add(squares)
@@ -68,22 +74,45 @@ class PredictivePart:
     def refresh(self) -> None:
         """After the parts refreshed their posteriors from this epoch (before its sums are reset)."""
         if self.regression is not None:
-            part = self.regression
-            self.noise_variance.assign(
-                predictive.regression_noise_variance(
-                    tf.convert_to_tensor(part.gram_sum),
-                    tf.convert_to_tensor(part.target_sum),
-                    tf.convert_to_tensor(self.target_square_sum),
-                    tf.convert_to_tensor(self.rows),
-                    tf.convert_to_tensor(part.prior_mean),
-                    tf.convert_to_tensor(part.prior_covariance),
-                )
-            )
+            self.noise_variance.assign(self._noise_variance())
         for group, covariance in zip(self.groups, self.covariances):
             factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
             inverse = inverse_from_cholesky(factor)
             covariance.assign(0.5 * (inverse + tf.linalg.matrix_transpose(inverse)))
         self.ready.assign(tf.ones_like(self.ready))
+
+    def _noise_variance(self) -> tf.Tensor:
+        """σ² per regression output from the epoch's statistics; per output after partly labelled batches."""
+        part = self.regression
+        cross, squares = tf.convert_to_tensor(part.target_sum), tf.convert_to_tensor(self.target_square_sum)
+        mean, rows = tf.convert_to_tensor(part.prior_mean), tf.convert_to_tensor(self.rows)
+        if not (part.output_state and float(part.output_priors.numpy()) > 0):
+            gram, covariance = tf.convert_to_tensor(part.gram_sum), tf.convert_to_tensor(part.prior_covariance)
+            return predictive.regression_noise_variance(gram, cross, squares, rows, mean, covariance)
+        variances = []
+        for o in range(part.outputs):
+            gram, output_rows, covariance = part.output_statistics(o)
+            variances.append(
+                predictive.regression_noise_variance(
+                    gram, cross[:, o : o + 1], squares[o : o + 1], rows + output_rows, mean[o : o + 1], covariance
+                )
+            )
+        return tf.concat(variances, axis=0)
+
+    def _regression_variance(self, h: tf.Tensor) -> tf.Tensor:
+        """σ_o²(1 + hᵀΣ_o h) [B, O], Σ_o the shared covariance or, after partly labelled data, output o's own."""
+        part, noise = self.regression, tf.convert_to_tensor(self.noise_variance)
+
+        def shared() -> tf.Tensor:
+            return predictive.regression_predictive_variance(h, tf.convert_to_tensor(part.prior_covariance), noise)
+
+        def per_output() -> tf.Tensor:
+            covariances = tf.convert_to_tensor(part.output_prior_covariance)
+            return (1.0 + predictive.quadratic_forms(h, covariances)) * noise[None, :]
+
+        if not part.output_state:
+            return shared()
+        return tf.cond(tf.convert_to_tensor(part.output_priors) > 0.0, per_output, shared)
 
     def outputs(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Flat {"<task>/mean", "<task>/variance"} for regression and {"<task>/probabilities",
@@ -91,9 +120,7 @@ class PredictivePart:
         h = tf.cast(features, self.dtype)
         out: dict[str, tf.Tensor] = {}
         if self.regression is not None:
-            variance = predictive.regression_predictive_variance(
-                h, tf.convert_to_tensor(self.regression.prior_covariance), tf.convert_to_tensor(self.noise_variance)
-            )
+            variance = self._regression_variance(h)
             start = 0
             for name, units in self.regression.task_units.items():
                 out[f"{name}/mean"] = tf.cast(logits[name], tf.float32)  # the head: what `predict` returns

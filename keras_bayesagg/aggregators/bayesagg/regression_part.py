@@ -3,6 +3,13 @@
 All regression outputs share one precision (it depends on the features only). During an epoch
 the applied steps add Σhhᵀ [D, D] and Σhy [D, O] (O(D²) memory, no stored features); at the end
 of the epoch they become the next epoch's prior N(m_F, Λ_F⁻¹) (SPEC "Regression").
+
+Missing labels: output o's posteriors use only the rows where its label is present. With one
+output that is the shared precision of the present rows. With O > 1 outputs, batches with a
+missing label add per-output grams Σ_i m_io h_i h_iᵀ [O, D, D] beside Σhhᵀ of the complete
+batches, and an epoch that had any makes per-output priors (precision and covariance [O, D, D]);
+steps then take one posterior per output. Fully labelled data keeps the shared path (the same
+switch as before, over more branches) and pays only memory: 3·O·D² more values of state when O > 1.
 """
 
 from __future__ import annotations
@@ -15,6 +22,15 @@ import tensorflow as tf
 from keras_bayesagg.bayes import evidence, regression
 
 EVIDENCE_ITERATIONS = 10
+
+
+def _identities(scale: float) -> Any:
+    """Initializer of a stack of scaled identities [O, D, D]."""
+
+    def initializer(shape: Any, dtype: Any = None) -> tf.Tensor:
+        return tf.eye(shape[-1], batch_shape=shape[:-2], dtype=dtype) * scale
+
+    return initializer
 
 
 class RegressionPart:
@@ -36,47 +52,110 @@ class RegressionPart:
         self.dtype = dtype
         outputs = sum(self.task_units.values())
 
-        def state(name: str, shape: tuple[int, ...], initializer: Any = "zeros") -> keras.Variable:
-            return owner.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False)
+        self.outputs = outputs
+        self.owner = owner
 
         # Creation order is the saved order (files of version 0.1.0 load unchanged).
-        self.gram_sum = state("regression_gram_sum", (dim, dim))
-        self.target_sum = state("regression_target_sum", (dim, outputs))
-        start = initial_prior_variance if prior_variance is None else prior_variance
-        self.prior_precision = state("regression_prior_precision", (dim, dim), keras.initializers.Identity(1.0 / start))
-        self.prior_covariance = state("regression_prior_covariance", (dim, dim), keras.initializers.Identity(start))
-        self.prior_mean = state("regression_prior_mean", (outputs, dim))
+        self.gram_sum = self._state("regression_gram_sum", (dim, dim))
+        self.target_sum = self._state("regression_target_sum", (dim, outputs))
+        self.start = initial_prior_variance if prior_variance is None else prior_variance
+        self.prior_precision = self._state(
+            "regression_prior_precision", (dim, dim), keras.initializers.Identity(1.0 / self.start)
+        )
+        self.prior_covariance = self._state(
+            "regression_prior_covariance", (dim, dim), keras.initializers.Identity(self.start)
+        )
+        self.prior_mean = self._state("regression_prior_mean", (outputs, dim))
         self.chosen_prior_variance = None
         if prior_variance is None:
-            self.chosen_prior_variance = state(
-                "regression_chosen_prior_variance", (), keras.initializers.Constant(start)
+            self.chosen_prior_variance = self._state(
+                "regression_chosen_prior_variance", (), keras.initializers.Constant(self.start)
             )
+        self.output_state: tuple[keras.Variable, ...] = ()
+
+    def _state(self, name: str, shape: tuple[int, ...], initializer: Any = "zeros") -> keras.Variable:
+        return self.owner.add_weight(name=name, shape=shape, dtype=self.dtype, initializer=initializer, trainable=False)
+
+    def add_output_state(self) -> None:
+        """The per-output statistics and priors of partly labelled data (O > 1 only). Called after the owner's
+        other variables: appended, so files saved before they existed still load (without them)."""
+        if self.outputs < 2:
+            return
+        shape = (self.outputs, self.dim, self.dim)
+        self.partial_gram_sum = self._state("regression_partial_gram_sum", shape)
+        self.output_prior_precision = self._state(
+            "regression_output_prior_precision", shape, _identities(1 / self.start)
+        )
+        self.output_prior_covariance = self._state("regression_output_prior_covariance", shape, _identities(self.start))
+        self.output_priors = self._state("regression_output_priors", ())  # 1: the priors above are in use
+        self.output_rows = self._state("regression_output_rows", (self.outputs,))  # present rows of partial batches
+        self.output_state = (
+            self.partial_gram_sum,
+            self.output_prior_precision,
+            self.output_prior_covariance,
+            self.output_priors,
+            self.output_rows,
+        )
 
     def targets(self, labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """All regression labels side by side: [B, O]."""
         return tf.cast(tf.concat([labels[name] for name in self.task_units], axis=1), self.dtype)
 
-    def collect(self, features: tf.Tensor, targets: tf.Tensor) -> Callable[[], Any]:
-        """The write that adds this step's rows to the epoch's sufficient statistics."""
-        gram = tf.matmul(features, features, transpose_a=True)
+    def collect(self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor) -> Callable[[], Any]:
+        """The write that adds this step's rows to the epoch's sufficient statistics (`targets` are 0
+        where `present` [B, O] is 0, so Σhy needs no mask)."""
         cross = tf.matmul(features, targets, transpose_a=True)
+        if self.outputs == 1:
+            features = features * tf.cast(present, features.dtype)
+        gram = tf.matmul(features, features, transpose_a=True)
+        complete = tf.reduce_all(present > 0.0)
+
+        def add_complete() -> tf.Tensor:
+            self.gram_sum.assign_add(gram)
+            return tf.constant(0)
+
+        def add_partial() -> tf.Tensor:
+            self.partial_gram_sum.assign_add(regression.per_output_feature_grams(features, present))
+            self.output_rows.assign_add(tf.reduce_sum(tf.cast(present, self.dtype), axis=0))
+            return tf.constant(0)
 
         def write() -> None:
-            self.gram_sum.assign_add(gram)
+            if self.outputs == 1:
+                add_complete()
+            else:
+                tf.cond(complete, add_complete, add_partial)
             self.target_sum.assign_add(cross)
 
         return write
 
     def reset(self) -> None:
-        self.gram_sum.assign(tf.zeros_like(self.gram_sum))
-        self.target_sum.assign(tf.zeros_like(self.target_sum))
+        for variable in (self.gram_sum, self.target_sum, *self.output_state[:1], *self.output_state[4:]):
+            variable.assign(tf.zeros_like(variable))
 
     def moments(
-        self, features: tf.Tensor, targets: tf.Tensor
+        self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor
     ) -> tuple[dict[str, regression.GradientMoments], tf.Tensor]:
-        """Per task: exact gradient moments [B, units, D] under the batch posterior; and whether it factored."""
-        marginals = self._marginals(features, targets)
-        moments = regression.gradient_moments(marginals, features, targets)
+        """Per task: exact gradient moments [B, units, D] under the batch posterior; and whether it factored.
+        Rows of missing labels (`present` [B, O] is 0) are not in the posterior of their output.
+
+        One switch over (shared or per-output posterior) × (rank-B update when B < D, or D×D factorization):
+        one level of control flow, as deeper nesting around the Cholesky loops defeats TF's graph optimizer.
+        """
+        full_rank = tf.cast(tf.shape(features)[0] >= self.dim, tf.int32)
+        if self.outputs == 1:
+            rows = features * tf.cast(present, features.dtype)
+            moments, ok = tf.cond(
+                full_rank > 0,
+                lambda: self._shared_moments(rows, targets, True),
+                lambda: self._shared_moments(rows, targets, False),
+            )
+        else:
+            per_output = ~tf.reduce_all(present > 0.0) | (tf.convert_to_tensor(self.output_priors) > 0.0)
+            branches = [lambda rank=rank: self._shared_moments(features, targets, rank) for rank in (False, True)]
+            branches += [
+                lambda rank=rank: self._per_output_moments(features, targets, present, rank) for rank in (False, True)
+            ]
+            moments, ok = tf.switch_case(full_rank + 2 * tf.cast(per_output, tf.int32), branches)
         split: dict[str, regression.GradientMoments] = {}
         start = 0
         for name, units in self.task_units.items():
@@ -84,41 +163,82 @@ class RegressionPart:
                 moments.mean[:, start : start + units], moments.variance[:, start : start + units]
             )
             start += units
-        return split, marginals.ok
+        return split, ok
 
-    def _marginals(self, features: tf.Tensor, targets: tf.Tensor) -> regression.PosteriorMarginals:
-        """A rank-B update of the full-data prior when B < D, else a D×D factorization."""
+    def _shared_moments(
+        self, features: tf.Tensor, targets: tf.Tensor, full_rank: bool
+    ) -> tuple[regression.GradientMoments, tf.Tensor]:
+        prior = (self.prior_precision, self.prior_covariance, self.prior_mean)
+        marginals = self._marginals(features, targets, *(tf.convert_to_tensor(v) for v in prior), full_rank)
+        return regression.gradient_moments(marginals, features, targets), marginals.ok
+
+    def _per_output_moments(
+        self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor, full_rank: bool
+    ) -> tuple[regression.GradientMoments, tf.Tensor]:
+        """One batch posterior per output over its present rows (O factorizations)."""
+        own = tf.convert_to_tensor(self.output_priors) > 0.0
+        shared = [tf.convert_to_tensor(v)[None] for v in (self.prior_precision, self.prior_covariance)]
+        precision = tf.where(own, tf.convert_to_tensor(self.output_prior_precision), shared[0])
+        covariance = tf.where(own, tf.convert_to_tensor(self.output_prior_covariance), shared[1])
         prior_mean = tf.convert_to_tensor(self.prior_mean)
-
-        def low_rank() -> regression.PosteriorMarginals:
-            return regression.low_rank_marginals(
-                tf.convert_to_tensor(self.prior_covariance), prior_mean, features, targets
+        means, variances, oks = [], [], []
+        for output in range(self.outputs):
+            rows = features * tf.cast(present[:, output : output + 1], features.dtype)
+            target = targets[:, output : output + 1]
+            marginals = self._marginals(
+                rows, target, precision[output], covariance[output], prior_mean[output : output + 1], full_rank
             )
+            moments = regression.gradient_moments(marginals, rows, target)
+            means.append(moments.mean)
+            variances.append(moments.variance)
+            oks.append(marginals.ok)
+        return regression.GradientMoments(tf.concat(means, 1), tf.concat(variances, 1)), tf.reduce_all(oks)
 
-        def full_rank() -> regression.PosteriorMarginals:
-            precision = tf.convert_to_tensor(self.prior_precision)
-            shift = tf.matmul(precision, prior_mean, transpose_b=True)
-            posterior = regression.batch_posterior(precision, shift, features, targets)
-            return regression.marginals_from_posterior(posterior, features)
-
-        return tf.cond(tf.shape(features)[0] < self.dim, low_rank, full_rank)
+    @staticmethod
+    def _marginals(
+        features: tf.Tensor,
+        targets: tf.Tensor,
+        prior_precision: tf.Tensor,
+        prior_covariance: tf.Tensor,
+        prior_mean: tf.Tensor,
+        full_rank: bool,
+    ) -> regression.PosteriorMarginals:
+        """A D×D factorization (`full_rank`, for B >= D) or a rank-B update of the full-data prior."""
+        if not full_rank:
+            return regression.low_rank_marginals(prior_covariance, prior_mean, features, targets)
+        shift = tf.matmul(prior_precision, prior_mean, transpose_b=True)
+        posterior = regression.batch_posterior(prior_precision, shift, features, targets)
+        return regression.marginals_from_posterior(posterior, features)
 
     def refresh(self) -> None:
-        """Make this epoch's statistics the prior of the next epoch."""
+        """Make this epoch's statistics the prior of the next epoch (per output after partly labelled batches)."""
         gram, cross = tf.convert_to_tensor(self.gram_sum), tf.convert_to_tensor(self.target_sum)
+        per_output = bool(self.output_state) and bool(tf.reduce_any(self.partial_gram_sum != 0.0))
+        if per_output:
+            gram = gram[None] + self.partial_gram_sum
         prior_variance = self.prior_variance
         if self.chosen_prior_variance is not None:
-            prior_variance = evidence.regression_evidence_variance(
-                gram, cross, tf.convert_to_tensor(self.chosen_prior_variance), EVIDENCE_ITERATIONS
+            choose = (
+                evidence.per_output_regression_evidence_variance
+                if per_output
+                else evidence.regression_evidence_variance
             )
-        posterior = regression.full_data_posterior(gram, cross, prior_variance)
-        if not bool(posterior.ok):
+            prior_variance = choose(gram, cross, tf.convert_to_tensor(self.chosen_prior_variance), EVIDENCE_ITERATIONS)
+        fit = regression.per_output_full_data_posterior if per_output else regression.full_data_posterior
+        posterior = fit(gram, cross, prior_variance)
+        if not bool(tf.reduce_all(posterior.ok)):
             raise FloatingPointError(
                 f"BayesAgg: the full-data precision of regression tasks {list(self.task_units)} could not be factored "
                 "even with jitter; the trunk's representation has non-finite or huge values."
             )
-        self.prior_precision.assign(posterior.precision)
-        self.prior_covariance.assign(posterior.covariance)
+        if per_output:
+            self.output_prior_precision.assign(posterior.precision)
+            self.output_prior_covariance.assign(posterior.covariance)
+        else:
+            self.prior_precision.assign(posterior.precision)
+            self.prior_covariance.assign(posterior.covariance)
+        if self.output_state:
+            self.output_priors.assign(1.0 if per_output else 0.0)
         self.prior_mean.assign(posterior.mean)
         if self.chosen_prior_variance is not None:
             self.chosen_prior_variance.assign(prior_variance)
@@ -131,3 +251,9 @@ class RegressionPart:
             kernels[name] = tf.transpose(tf.cast(mean[start : start + units], tf.float32))
             start += units
         return kernels
+
+    def output_statistics(self, output: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(Σ_i m_io h_i h_iᵀ, its present-row count beyond the complete batches', prior covariance) of one output
+        when the priors are per output."""
+        gram = tf.convert_to_tensor(self.gram_sum) + self.partial_gram_sum[output]
+        return gram, self.output_rows[output], self.output_prior_covariance[output]
