@@ -47,6 +47,8 @@ def representation_direction(loss_gradients: tf.Tensor, weights: tf.Tensor) -> t
 class GradientCombination(Aggregator):
     """Base class: a direction Σ_k w_k g_k with weights computed from the Gram matrix of the g_k."""
 
+    gram_only: bool = True  # False: `propose_direction` needs the gradients, not just their Gram matrix
+
     def __init__(self, level: str = "representation", name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.level = one_of(type(self).__name__, "level", level, LEVELS)
@@ -61,12 +63,33 @@ class GradientCombination(Aggregator):
         """(w, the method's state writes); stateful methods (random orders, cached weights) override it."""
         return self.combination_weights(gram), _no_commit
 
+    def propose_direction(self, gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None, Callable[[], Any]]:
+        """(direction [N], task weights [K] or None, state writes) from the K task gradients `gradients` [K, N].
+
+        Methods that are not a weighting of the gradients by their Gram matrix alone (sign dropout, robust
+        means, projections of the gradients themselves) override this and set `gram_only = False`; the
+        default is `propose_weights` on M = G Gᵀ and d = Gᵀ w.
+        """
+        weights, commit = self.propose_weights(tf.matmul(gradients, gradients, transpose_b=True))
+        weights = tf.cast(weights, tf.float32)
+        return tf.linalg.matvec(gradients, weights, transpose_a=True), weights, commit
+
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation | ParameterAggregation:
         objective = tf.reduce_sum(inputs.losses)
         if self.level == "representation":
             if inputs.task_gradients is None:
                 raise ValueError(f"{type(self).__name__}(level='representation') needs task_gradients.")
             loss_gradients = tf.stop_gradient(tf.cast(inputs.loss_gradients(), tf.float32))
+            if not self.gram_only:  # the method needs the K gradients themselves: [K, B·D]
+                rows, units, width = tf.unstack(tf.shape(loss_gradients))
+                flat = tf.reshape(tf.transpose(loss_gradients, [1, 0, 2]), [units, rows * width])
+                direction, weights, commit = self.propose_direction(flat)
+                return RepresentationAggregation(
+                    objective=objective,
+                    representation_gradient=tf.reshape(direction, [rows, width]),
+                    task_weights=weights,
+                    commit=commit,
+                )
             weights, commit = self.propose_weights(representation_gram(loss_gradients))
             weights = tf.cast(weights, tf.float32)
             return RepresentationAggregation(
@@ -78,13 +101,9 @@ class GradientCombination(Aggregator):
         if inputs.parameter_gradients is None:
             raise ValueError(f"{type(self).__name__}(level='parameters') needs parameter_gradients.")
         parameter_gradients = tf.stop_gradient(tf.cast(inputs.parameter_gradients, tf.float32))
-        weights, commit = self.propose_weights(tf.matmul(parameter_gradients, parameter_gradients, transpose_b=True))
-        weights = tf.cast(weights, tf.float32)
+        direction, weights, commit = self.propose_direction(parameter_gradients)
         return ParameterAggregation(
-            objective=objective,
-            parameter_gradient=tf.linalg.matvec(parameter_gradients, weights, transpose_a=True),
-            task_weights=weights,
-            commit=commit,
+            objective=objective, parameter_gradient=direction, task_weights=weights, commit=commit
         )
 
     def get_config(self) -> dict[str, Any]:
