@@ -17,15 +17,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/penguins_demo.py
 
+# Two pytest workers (CI has 2 cores); a test file stays on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
