@@ -70,6 +70,10 @@ class Aggregator(keras.layers.Layer):
 
     # Hooks around training. `fit` calls them through the model (`kb.callbacks.AggregatorHooks`);
     # a custom training loop calls `model.begin_epoch()`, `model.end_batch()`, `model.end_epoch()`.
+    def check_batch_size(self, batch_size: int) -> None:
+        """Before training on batches of `batch_size` (global) samples: refuse one this method cannot serve
+        (BayesAgg: its memory estimate). Default: any."""
+
     def begin_epoch(self) -> None:
         """Before each training epoch."""
 
