@@ -157,7 +157,7 @@ def main() -> None:
         delta = "" if method == "single-task" else f"{deltas[method]:+10.2f}"
         print(f"{method:22}" + "".join(f"{scores[n]:26.3f}" for n in names) + f"{delta:>10}")
     print("\n" + verdict(deltas, len(data.x_train)))
-    print(f"\n({time.perf_counter() - started:.0f} s)")
+    print(f"\n({time.perf_counter() - started:.0f} s wall clock, {time.process_time():.0f} s CPU)")
 
 
 if __name__ == "__main__":
