@@ -10,8 +10,9 @@ DOCS_STAMP := $(VENV)/.docs-installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "Setting up $(VENV) (once): pip installs TensorFlow, Keras and the test tools, a few minutes on a fresh machine."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e ".[test]"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on --config-settings editable_mode=compat -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -53,7 +53,7 @@ PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL")
 @dataclasses.dataclass
 class Row:
     label: str
-    make: Callable[[], aggregators.Aggregator]
+    make: Callable[[], kb.interface.Aggregator]
     seconds: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     models: dict[str, kb.MultiTaskModel] = dataclasses.field(default_factory=dict)
     error: str | None = None
@@ -63,9 +63,9 @@ def discover_rows() -> list[Row]:
     rows = []
     for name in aggregators.__all__:
         candidate = getattr(aggregators, name)
-        if not (inspect.isclass(candidate) and issubclass(candidate, aggregators.Aggregator)):
+        if not (inspect.isclass(candidate) and issubclass(candidate, kb.interface.Aggregator)):
             continue
-        if candidate is aggregators.Aggregator or inspect.isabstract(candidate):
+        if candidate is kb.interface.Aggregator or inspect.isabstract(candidate):
             continue
         options = CONSTRUCTOR_OVERRIDES.get(name, {})
         rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options)))

@@ -230,7 +230,7 @@ def train(problem: Problem, task_names: list[str], method: str, seed: int) -> Ru
     sub = dataclasses.replace(problem, tasks={name: problem.tasks[name] for name in task_names})
     model = build_model(sub, seed)
     if method in (LS, "single-task"):
-        aggregator: kb.aggregators.Aggregator = kb.aggregators.LinearScalarization()
+        aggregator: kb.interface.Aggregator = kb.aggregators.LinearScalarization()
     else:
         aggregator = bayesagg(0.005 if method == FIXED else "auto", problem.warmup_epochs)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), aggregator=aggregator, jit_compile=False)

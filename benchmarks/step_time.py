@@ -86,7 +86,7 @@ def make_trunk(kind: str, dim: int) -> tuple[keras.Model, tuple[int, ...]]:
     return keras.Sequential([keras.Input(shape), keras.layers.Dense(dim, activation="elu")]), shape
 
 
-def time_train_steps(aggregator: kb.aggregators.Aggregator, preset: Preset, steps: int, jit_compile: bool) -> float:
+def time_train_steps(aggregator: kb.interface.Aggregator, preset: Preset, steps: int, jit_compile: bool) -> float:
     keras.utils.set_random_seed(0)
     tasks = parse_tasks(preset.tasks)
     trunk, input_shape = make_trunk(preset.trunk, preset.dim)

@@ -1,6 +1,6 @@
 """keras-bayesagg: BayesAgg-MTL and baseline multi-task aggregators for Keras 3 (TensorFlow backend)."""
 
-from keras_bayesagg import aggregators, bayes, callbacks, datasets, metrics, models, tasks
+from keras_bayesagg import aggregators, bayes, callbacks, datasets, interface, metrics, models, tasks
 from keras_bayesagg.aggregators import BayesAgg
 from keras_bayesagg.model import MultiTaskModel
 
@@ -13,6 +13,7 @@ __all__ = [
     "bayes",
     "callbacks",
     "datasets",
+    "interface",
     "metrics",
     "models",
     "tasks",

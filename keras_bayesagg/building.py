@@ -88,3 +88,19 @@ def symbolic_build_arguments(model: keras.Model, iterator: Any, data_batch: Any)
     if iterator is not None and data_batch is None and model._distribute_strategy is not None:
         return {"iterator": None, "data_batch": first_replica_batch(model.distribute_strategy, iterator)}
     return {"iterator": iterator, "data_batch": data_batch}
+
+
+KERAS_DEFAULT_BATCH_SIZE = 32  # what keras.Model.fit uses for arrays without batch_size
+
+
+def known_batch_size(x: Any, batch_size: Any) -> int | None:
+    """The batch size fit will train on when it can be seen before training (arrays, or a dataset with a static
+    batch dimension), else None."""
+    if isinstance(x, tf.data.Dataset):
+        specs = keras.tree.flatten(x.element_spec)
+        first = specs[0].shape if specs and hasattr(specs[0], "shape") else None
+        return int(first[0]) if first is not None and first.rank and first[0] is not None else None
+    arrays = [item for item in keras.tree.flatten(x) if hasattr(item, "shape")] if x is not None else []
+    if not arrays or not len(arrays[0].shape):
+        return None
+    return min(int(batch_size or KERAS_DEFAULT_BATCH_SIZE), int(arrays[0].shape[0]))

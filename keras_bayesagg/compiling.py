@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import keras
 
-from keras_bayesagg.aggregators.base import Aggregator
+from keras_bayesagg.aggregators.base import Aggregator, bare_interface_message, implements_aggregate
 from keras_bayesagg.aggregators.linear_scalarization import LinearScalarization
 from keras_bayesagg.engine.faults import FaultRecord
 from keras_bayesagg.tasks import Binary, Multiclass, Task
@@ -54,7 +54,12 @@ def resolve_aggregator(aggregator: Any) -> Aggregator:
     if isinstance(aggregator, (str, dict)):
         aggregator = keras.saving.deserialize_keras_object(aggregator)
     if not isinstance(aggregator, Aggregator):
-        raise TypeError(f"aggregator must be a kb.aggregators.Aggregator (e.g. kb.BayesAgg()); got {aggregator!r}.")
+        raise TypeError(
+            f"aggregator must be a method from kb.aggregators (a kb.interface.Aggregator, e.g. kb.BayesAgg()); "
+            f"got {aggregator!r}."
+        )
+    if not implements_aggregate(type(aggregator)):
+        raise TypeError(bare_interface_message(type(aggregator)))
     return aggregator
 
 

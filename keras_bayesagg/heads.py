@@ -77,6 +77,10 @@ class LinearHead(keras.layers.Layer):
         kernel, bias = self.kernel_and_bias()
         return tf.matmul(tf.cast(inputs, kernel.dtype), kernel) + bias
 
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """(batch, units): lets `model.summary()` show each head's output shape."""
+        return (*tuple(input_shape)[:-1], self.units)
+
     def load_own_variables(self, store: Any) -> None:
         # A head saved with an override (kernel, switch) gets one, whatever aggregator this model is
         # compiled with now: the override is part of what the head predicts. Version 0.1.0 saved

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg import building, serving
+from keras_bayesagg import building, serving, validation
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
@@ -41,6 +41,7 @@ class MultiTaskModel(keras.Model):
                 f"trunk must be a Keras layer or model mapping x to a representation h; got {type(trunk).__name__}."
             )
         check_task_dict(tasks)
+        validation.check_log_keys(list(tasks))  # e.g. "a" and "val_a" would share the log key val_a_loss
         self.trunk = trunk
         self.task_specs: dict[str, Task] = dict(tasks)
         self.heads = {name: task.make_head(name) for name, task in self.task_specs.items()}
@@ -116,9 +117,9 @@ class MultiTaskModel(keras.Model):
         keras_arguments["weighted_metrics"] = resolve_metrics(
             self.task_specs, keras_arguments.get("weighted_metrics"), "weighted_metrics"
         )
-        super().compile(
-            optimizer=optimizer, metrics=resolve_metrics(self.task_specs, metrics, "metrics"), **keras_arguments
-        )
+        metrics = resolve_metrics(self.task_specs, metrics, "metrics")
+        validation.check_log_keys(list(self.task_specs), metrics, keras_arguments["weighted_metrics"])
+        super().compile(optimizer=optimizer, metrics=metrics, **keras_arguments)
         self._compiled_parts = CompiledParts(aggregator)
         if self.representation_dim is not None:
             self._prepare_training_state()
@@ -254,13 +255,19 @@ class MultiTaskModel(keras.Model):
     def fit(self, x: Any = None, *args: Any, callbacks: Any = None, validation_data: Any = None, **kwargs: Any) -> Any:
         if not self.built and building.input_spec_of(x) is not None:
             building.build_symbolically(self, building.input_spec_of(x))
+        validation.check_numeric_labels(list(self.task_specs), kwargs.get("y", args[0] if args else None))
+        batch = building.known_batch_size(x, kwargs.get("batch_size", args[1] if len(args) > 1 else None))
+        if batch is not None and self.aggregator is not None and self.aggregator.built:
+            self.aggregator.check_batch_size(batch)  # BayesAgg's memory estimate at the batch it will see
         spec = label_checks.validation_label_spec(validation_data)
+        validation.check_numeric_labels(list(self.task_specs), spec, "The validation labels")
         if spec is not None:
             label_checks.check_label_spec(self.task_specs, spec, "validation_data")
         callbacks = builtin_callbacks.with_builtin_callbacks(self, callbacks, training=True)
         return super().fit(x, *args, callbacks=callbacks, validation_data=validation_data, **kwargs)
 
     def evaluate(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+        validation.check_numeric_labels(list(self.task_specs), kwargs.get("y", args[1] if len(args) > 1 else None))
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )
@@ -280,11 +287,12 @@ class MultiTaskModel(keras.Model):
         (binary, multiclass) as arrays, from BayesAgg's full-data posterior; see docs/uncertainty.md."""
         return serving.predict_with_uncertainty(self, x, batch_size)
 
-    def export(self, filepath: Any, format: str = "tf_saved_model", **kwargs: Any) -> None:
-        """Keras's export; a SavedModel also gets `serve_with_uncertainty` when available (`serving.export`)."""
+    def export(self, filepath: Any, format: str = "tf_saved_model", verbose: bool = False, **kwargs: Any) -> None:
+        """Keras's export; a SavedModel also gets `serve_with_uncertainty` when available (`serving.export`).
+        Quiet by default (Keras lists every captured variable); `verbose=True` prints that listing."""
         if format != "tf_saved_model":
-            return super().export(filepath, format=format, **kwargs)
-        serving.export(self, filepath, **kwargs)
+            return super().export(filepath, format=format, verbose=verbose, **kwargs)
+        serving.export(self, filepath, verbose=verbose, **kwargs)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:

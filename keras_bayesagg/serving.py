@@ -72,7 +72,8 @@ def export(
 
     `uncertainty`: None exports the endpoint when the model can answer it, True requires it (the
     error of `predict_with_uncertainty` otherwise), False leaves it out. `jit_compile` compiles both
-    endpoints with XLA when the SavedModel runs.
+    endpoints with XLA when the SavedModel runs. Quiet unless `verbose=True` (then TensorFlow lists
+    each endpoint's signature and captured variables, as `keras.Model.export` does by default).
     """
     if uncertainty is None:
         uncertainty = model.aggregator is not None and model.aggregator.uncertainty_missing() is None
@@ -89,4 +90,4 @@ def export(
         compiled = tf.function(function, input_signature=specs, autograph=False, jit_compile=jit_compile)
         compiled.get_concrete_function()
         archive.add_endpoint(name, compiled)
-    archive.write_out(filepath, verbose=True if verbose is None else verbose)
+    archive.write_out(filepath, verbose=bool(verbose))  # a library call is quiet unless asked

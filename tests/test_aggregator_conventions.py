@@ -32,8 +32,9 @@ import pytest
 import tensorflow as tf
 
 import keras_bayesagg as kb
-from keras_bayesagg.aggregators import IMTLG, MGDA, AggregatorInputs, AlignedMTL, CAGrad, NashMTL, PCGrad, TaskLayout
+from keras_bayesagg.aggregators import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad
 from keras_bayesagg.aggregators.pcgrad import pcgrad_weights
+from keras_bayesagg.interface import AggregatorInputs, TaskLayout
 from tests.conftest import applied
 
 J = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
@@ -123,7 +124,7 @@ def layout() -> TaskLayout:
     return TaskLayout({"a": kb.tasks.Regression(), "b": kb.tasks.Regression()}, 3)
 
 
-def direction_for(aggregator: kb.aggregators.Aggregator, jacobian: np.ndarray = J) -> np.ndarray:
+def direction_for(aggregator: kb.interface.Aggregator, jacobian: np.ndarray = J) -> np.ndarray:
     """The combined direction for task gradients `jacobian` [K, P], at the aggregator's level."""
     aggregator.build_for(layout())
     gradients = tf.constant(jacobian, tf.float32)

@@ -16,22 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import keras_bayesagg as kb
-from keras_bayesagg.aggregators import (
-    IMTLG,
-    MGDA,
-    AggregatorInputs,
-    AlignedMTL,
-    CAGrad,
-    NashMTL,
-    PCGrad,
-    TaskLayout,
-)
+from keras_bayesagg.aggregators import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad
 from keras_bayesagg.aggregators.aligned_mtl import balance_transformation
+from keras_bayesagg.interface import AggregatorInputs, TaskLayout
 from tests.conftest import applied, make_mixed_model, mixed_dataset
 
 BATCH, DIM = 4, 5
 
-FACTORIES: dict[str, Callable[..., kb.aggregators.Aggregator]] = {
+FACTORIES: dict[str, Callable[..., kb.interface.Aggregator]] = {
     "mgda": MGDA,
     "pcgrad": functools.partial(PCGrad, seed=1),
     "cagrad": CAGrad,

@@ -16,19 +16,18 @@ from hypothesis import strategies as st
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import (
     FAMO,
-    AggregatorInputs,
     DynamicWeightAverage,
     GradNorm,
     RandomLossWeighting,
     ScaleInvariant,
-    TaskLayout,
     UncertaintyWeighting,
 )
+from keras_bayesagg.interface import AggregatorInputs, TaskLayout
 from tests.conftest import applied, make_mixed_model, mixed_dataset
 
 BATCH, DIM = 3, 2
 
-FACTORIES: dict[str, Callable[[], kb.aggregators.Aggregator]] = {
+FACTORIES: dict[str, Callable[[], kb.interface.Aggregator]] = {
     "scale_invariant": lambda: ScaleInvariant(),
     "random_loss_weighting": lambda: RandomLossWeighting(seed=3),
     "dynamic_weight_average": lambda: DynamicWeightAverage(),
@@ -62,7 +61,7 @@ def mixed_layout() -> TaskLayout:
     )
 
 
-def built(aggregator: kb.aggregators.Aggregator, layout: TaskLayout) -> kb.aggregators.Aggregator:
+def built(aggregator: kb.interface.Aggregator, layout: TaskLayout) -> kb.interface.Aggregator:
     aggregator.build_for(layout)
     return aggregator
 
@@ -81,7 +80,7 @@ def inputs_for(losses, task_gradients=None) -> AggregatorInputs:
     )
 
 
-def run(aggregator: kb.aggregators.Aggregator, losses, task_gradients=None):
+def run(aggregator: kb.interface.Aggregator, losses, task_gradients=None):
     """One step: the objective, its gradient w.r.t. the losses, and the task weights."""
     inputs = inputs_for(losses, task_gradients)
     with tf.GradientTape() as tape:

@@ -218,9 +218,11 @@ def test_10_many_class_heads_are_refused_before_allocating():
     keras.utils.set_random_seed(0)
     trunk = keras.Sequential([keras.Input((NUM_FEATURES,)), keras.layers.Dense(32)])
     model = kb.MultiTaskModel(trunk, {"species": kb.tasks.Multiclass(100)})
-    with pytest.raises(MemoryError, match=r"multiclass task 'species' \(100 classes\).*num_samples"):
-        model.compile(optimizer="adam", aggregator=kb.BayesAgg())
-        model.build((None, NUM_FEATURES))
+    model.compile(optimizer="adam", aggregator=kb.BayesAgg())
+    model.build((None, NUM_FEATURES))  # a one-sample step fits in 4 GiB; a batch of 256 does not
+    x, y = np.zeros((256, NUM_FEATURES), "float32"), {"species": np.zeros(256, "int32")}
+    with pytest.raises(MemoryError, match=r"batch size 256.*multiclass task 'species' \(100 classes\).*num_samples"):
+        model.fit(x, y, batch_size=256, epochs=1, verbose=0)
 
 
 def test_a_loss_scale_overflow_step_leaves_the_aggregator_state_untouched():

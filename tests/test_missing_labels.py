@@ -129,7 +129,7 @@ def test_a_label_that_is_not_the_marker_still_stops_the_step(bad):
 
 
 # ---------------------------------------------------------------------- exact semantics
-def _aggregator(name: str) -> kb.aggregators.Aggregator:
+def _aggregator(name: str) -> kb.interface.Aggregator:
     if name == "bayesagg":
         return kb.BayesAgg(warmup_epochs=1, num_samples=32, seed=3)
     return kb.aggregators.LinearScalarization()
@@ -249,11 +249,11 @@ def test_metrics_and_loss_trackers_count_present_labels_only():
     )
 
 
-def _every_aggregator() -> list[kb.aggregators.Aggregator]:
+def _every_aggregator() -> list[kb.interface.Aggregator]:
     classes = [
         cls
         for cls in vars(kb.aggregators).values()
-        if inspect.isclass(cls) and issubclass(cls, kb.aggregators.Aggregator) and cls is not kb.aggregators.Aggregator
+        if inspect.isclass(cls) and issubclass(cls, kb.interface.Aggregator) and cls is not kb.interface.Aggregator
     ]
     made = []
     for cls in sorted(classes, key=lambda c: c.__name__):

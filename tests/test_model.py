@@ -223,7 +223,7 @@ def test_compile_rejects_unknown_arguments_and_losses():
         model.compile(optimizer="adam", loss="mse")
     with pytest.raises(ValueError, match="names task 'age'"):
         model.compile(optimizer="adam", metrics={"age": ["mae"]})
-    with pytest.raises(TypeError, match="must be a kb.aggregators.Aggregator"):
+    with pytest.raises(TypeError, match="must be a method from kb.aggregators"):
         model.compile(optimizer="adam", aggregator="adam")
 
 

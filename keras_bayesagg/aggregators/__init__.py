@@ -1,16 +1,10 @@
-"""Aggregators: how task gradients w.r.t. the shared representation combine (one method a file)."""
+"""Aggregators: how task gradients w.r.t. the shared representation combine (one method a file).
+
+Methods only; the interface they implement (Aggregator, AggregatorInputs, the Aggregation kinds, ...) is
+`keras_bayesagg.interface`.
+"""
 
 from keras_bayesagg.aggregators.aligned_mtl import AlignedMTL
-from keras_bayesagg.aggregators.base import (
-    Aggregation,
-    Aggregator,
-    AggregatorInputs,
-    ObjectiveAggregation,
-    ParameterAggregation,
-    RepresentationAggregation,
-    TaskLayout,
-    TaskUnit,
-)
 from keras_bayesagg.aggregators.bayesagg import BayesAgg
 from keras_bayesagg.aggregators.cagrad import CAGrad
 from keras_bayesagg.aggregators.dynamic_weight_average import DynamicWeightAverage
@@ -26,9 +20,6 @@ from keras_bayesagg.aggregators.scale_invariant import ScaleInvariant
 from keras_bayesagg.aggregators.uncertainty_weighting import UncertaintyWeighting
 
 __all__ = [
-    "Aggregation",
-    "Aggregator",
-    "AggregatorInputs",
     "AlignedMTL",
     "BayesAgg",
     "CAGrad",
@@ -39,13 +30,8 @@ __all__ = [
     "LinearScalarization",
     "MGDA",
     "NashMTL",
-    "ObjectiveAggregation",
-    "ParameterAggregation",
     "PCGrad",
     "RandomLossWeighting",
-    "RepresentationAggregation",
     "ScaleInvariant",
-    "TaskLayout",
-    "TaskUnit",
     "UncertaintyWeighting",
 ]

@@ -21,15 +21,47 @@ checkpoints, created before `fit` so XLA works); they are never called on data.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence  # noqa: F401  (Any, Callable: importable from here as before)
 
-import keras
+import keras  # noqa: F401  (importable from here as before)
 import tensorflow as tf
 
-from keras_bayesagg.engine.faults import Fault
+# The rest of the interface lives in two modules; every name stays importable from here.
+from keras_bayesagg.aggregators.aggregator_interface import (
+    SEED_STATE_PREFIX,
+    Aggregator,
+    bare_interface_message,
+    implements_aggregate,
+)
+from keras_bayesagg.aggregators.decisions import (
+    Aggregation,
+    ObjectiveAggregation,
+    ParameterAggregation,
+    RepresentationAggregation,
+    _no_commit,  # noqa: F401  (importable from here as before)
+    peek_seed,
+    peek_seeds,
+)
+from keras_bayesagg.engine.faults import Fault  # noqa: F401  (importable from here as before)
 from keras_bayesagg.tasks import Task
 
-SEED_STATE_PREFIX = "seed_generator_state_"
+__all__ = [
+    "SEED_STATE_PREFIX",
+    "Aggregation",
+    "Aggregator",
+    "AggregatorInputs",
+    "ObjectiveAggregation",
+    "ParameterAggregation",
+    "RepresentationAggregation",
+    "TaskLayout",
+    "TaskUnit",
+    "bare_interface_message",
+    "implements_aggregate",
+    "labelled_samples",
+    "peek_seed",
+    "peek_seeds",
+    "sum_of_losses_gradient",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,185 +163,6 @@ class AggregatorInputs:
 def labelled_samples(present: tf.Tensor) -> tf.Tensor:
     """How many rows of `present` [B, k] have at least one present label: a float32 scalar."""
     return tf.reduce_sum(tf.reduce_max(tf.cast(present, tf.float32), axis=1))
-
-
-def _no_commit() -> None:
-    return None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Aggregation:
-    """What an aggregator decides for one step (use one of the three subclasses).
-
-    objective: scalar; its gradient trains the heads and the aggregator's trainable variables.
-    task_weights: [K], the weight each task unit got (logs, `TaskWeightHistory`), or None.
-    commit: the aggregator's state writes for this step; the engine calls it only if the step
-        is applied, so a skipped step leaves the aggregator's statistics untouched.
-    faults: in-graph checks of the aggregator (e.g. a posterior that could not be factored);
-        any failed one skips the step and is reported with its message.
-    """
-
-    objective: tf.Tensor
-    task_weights: tf.Tensor | None = None
-    commit: Callable[[], Any] = _no_commit
-    faults: tuple[Fault, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ObjectiveAggregation(Aggregation):
-    """Train the trunk on `objective` too (loss-weighting methods)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RepresentationAggregation(Aggregation):
-    """Back-propagate `representation_gradient` [B, D] from h into the trunk: a batch-mean gradient (already
-    divided by B, or per unit by its present-label count n_k as in `AggregatorInputs.loss_gradients`)."""
-
-    representation_gradient: tf.Tensor
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ParameterAggregation(Aggregation):
-    """Use `parameter_gradient` [P] (layout of `AggregatorInputs.parameter_gradients`) for the trunk."""
-
-    parameter_gradient: tf.Tensor
-
-
-def peek_seeds(generator: keras.random.SeedGenerator, count: int) -> tuple[list[tf.Tensor], Callable[[], Any]]:
-    """The seeds `count` calls of `generator.next()` would return, and the write that advances it.
-
-    Aggregators advance their generators in `commit`: a skipped step leaves the generator where
-    it was, so a run depends on its seed (and the steps applied) alone.
-    """
-    state = tf.convert_to_tensor(generator.state)
-    seeds = [state + tf.constant([0, k], state.dtype) for k in range(count)]
-    return seeds, lambda: generator.state.assign(state + tf.constant([0, count], state.dtype))
-
-
-def peek_seed(generator: keras.random.SeedGenerator) -> tuple[tf.Tensor, Callable[[], Any]]:
-    """The seed `generator.next()` would return, and the write that advances the generator."""
-    (seed,), advance = peek_seeds(generator, 1)
-    return seed, advance
-
-
-class Aggregator(keras.layers.Layer):
-    """Base class: subclasses implement `aggregate` and, if they keep state, `build_state`."""
-
-    needs_task_gradients: bool = False
-    needs_parameter_gradients: bool = False
-
-    def __init__(self, name: str | None = None, **kwargs: Any) -> None:
-        super().__init__(name=name, trainable=kwargs.pop("trainable", True), dtype="float32", **kwargs)
-        self.layout: TaskLayout | None = None
-
-    def build_for(self, layout: TaskLayout) -> None:
-        """Create all state for these tasks (called by the model before the first step)."""
-        if self.built:
-            if self.layout != layout:
-                raise ValueError(
-                    f"{type(self).__name__} was built for tasks {self.layout} and cannot serve {layout}; "
-                    "use a new aggregator instance for another model."
-                )
-            return
-        self.layout = layout
-        self.last_task_weights = self.add_weight(
-            name="last_task_weights", shape=(layout.num_units,), initializer="ones", trainable=False
-        )
-        self.build_state(layout)
-        self.built = True
-
-    def build_state(self, layout: TaskLayout) -> None:
-        """Create the aggregator's own Keras variables. Default: none."""
-
-    def aggregate(self, inputs: AggregatorInputs) -> Aggregation:
-        raise NotImplementedError
-
-    def commit(self, aggregation: Aggregation) -> None:
-        """Apply an aggregation's state writes and record its task weights (the engine calls this
-        only for steps it applies)."""
-        aggregation.commit()
-        if aggregation.task_weights is not None:
-            self.last_task_weights.assign(tf.cast(tf.reshape(aggregation.task_weights, [-1]), tf.float32))
-
-    # Hooks around training. `fit` calls them through the model (`kb.callbacks.AggregatorHooks`);
-    # a custom training loop calls `model.begin_epoch()`, `model.end_batch()`, `model.end_epoch()`.
-    def begin_epoch(self) -> None:
-        """Before each training epoch."""
-
-    def end_batch(self) -> None:
-        """After each train step (each `steps_per_execution` call)."""
-
-    def end_epoch(self, head_weights: Mapping[str, tf.Tensor]) -> None:
-        """After each training epoch, with the heads' current weights {task: W [units, D+1]}."""
-
-    @property
-    def overridden_heads(self) -> tuple[str, ...]:
-        """Tasks whose head predictions this aggregator may replace (see `head_overrides`)."""
-        return ()
-
-    def head_overrides(self) -> dict[str, tf.Tensor]:
-        """{task: kernel [D, units]}: heads that should predict h·kernel (no bias) from now on."""
-        return {}
-
-    def callbacks(self) -> list[keras.callbacks.Callback]:
-        """Extra callbacks `MultiTaskModel.fit` adds by itself, beyond `AggregatorHooks`."""
-        return []
-
-    def uncertainty_missing(self) -> str | None:
-        """Why `predictive_uncertainty` cannot answer (None when it can). Default: no posterior is kept."""
-        return f"{type(self).__name__} keeps no posterior over the heads: compile with BayesAgg and train past its warm-up."
-
-    def predictive_uncertainty(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """{"<task>/<quantity>": [B, ...]} from h [B, D] and the heads' logits (see docs/uncertainty.md)."""
-        raise ValueError(self.uncertainty_missing())
-
-    def later_version_variables(self) -> list[keras.Variable]:
-        """Variables added after version 0.1.0, created after all older ones: a file without them still loads."""
-        return []
-
-    def save_own_variables(self, store: Any) -> None:
-        # Keras does not save SeedGenerator states; without them a reloaded model replays its draws.
-        super().save_own_variables(store)
-        for index, generator in enumerate(self._seed_generators):
-            store[f"{SEED_STATE_PREFIX}{index}"] = generator.state
-
-    def load_own_variables(self, store: Any) -> None:
-        keys = list(store.keys())
-        stored = [key for key in keys if not key.startswith(SEED_STATE_PREFIX)]
-        own = self._trainable_variables + self._non_trainable_variables
-        older_file = len(stored) < len(own) and self._lacks_only_later_variables(store, len(stored))
-        if len(stored) != len(own) and not older_file:
-            raise ValueError(
-                f"The saved aggregator state has {len(stored)} variables but this model's {type(self).__name__} has "
-                f"{len(own)}: "
-                "it was saved from a model compiled with another aggregator (or other tasks). To continue that run, "
-                "compile the model with the aggregator it was saved with; to take the trunk and heads alone, use "
-                "model.load_weights(path, skip_mismatch=True)."
-            )
-        for index, generator in enumerate(self._seed_generators):
-            key = f"{SEED_STATE_PREFIX}{index}"
-            if key in keys:
-                generator.state.assign(store[key])
-        if older_file:  # the later variables keep their initial values
-            for index, variable in enumerate(own[: len(stored)]):
-                variable.assign(store[str(index)])
-            return
-        super().load_own_variables({key: store[key] for key in keys if not key.startswith(SEED_STATE_PREFIX)})
-
-    def _lacks_only_later_variables(self, store: Any, count: int) -> bool:
-        """True when the store holds this aggregator's first `count` variables (same shapes) and every
-        missing one was added in a later version (files saved before those variables existed)."""
-        own = self._trainable_variables + self._non_trainable_variables
-        later = {id(variable) for variable in self.later_version_variables()}
-        return all(id(variable) in later for variable in own[count:]) and all(
-            tuple(store[str(index)].shape) == tuple(variable.shape) for index, variable in enumerate(own[:count])
-        )
-
-    def call(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} is an aggregator: pass it to model.compile(aggregator=...).")
-
-    def get_config(self) -> dict[str, Any]:
-        return {"name": self.name}
 
 
 def sum_of_losses_gradient(inputs: AggregatorInputs) -> tf.Tensor:

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from keras_bayesagg.aggregators.base import TaskLayout, labelled_samples
+from keras_bayesagg.engine.metric_labels import class_index_labels, takes_class_indices
 from keras_bayesagg.tasks import Multiclass
 
 
@@ -65,10 +66,12 @@ def update_compiled_metrics(
     metric_labels, weights = metric_labels_and_weights(model.task_layout, labels, predictions, present)
     if not compiled.built:
         compiled.build(metric_labels, predictions)
-    flat = [compiled._flatten_y(part) for part in (metric_labels, predictions, weights)]
+    indices = class_index_labels(model.task_layout.tasks, metric_labels)  # for sparse metrics (engine/metric_labels.py)
+    flat = [compiled._flatten_y(part) for part in (metric_labels, indices, predictions, weights)]
     for metric_lists in (compiled._flat_metrics, compiled._flat_weighted_metrics):
-        for metric_list, y_true, y_pred, weight in zip(metric_lists, *flat):
+        for metric_list, rows, class_indices, y_pred, weight in zip(metric_lists, *flat):
             for metric in metric_list.metrics if metric_list else ():
+                y_true = class_indices if takes_class_indices(metric) else rows
                 metric.update_state(y_true, y_pred, sample_weight=_weight_for(metric, y_true, y_pred, weight))
 
 

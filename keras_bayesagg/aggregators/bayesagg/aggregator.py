@@ -105,9 +105,7 @@ class BayesAgg(PredictiveServing, Aggregator):
 
     # ------------------------------------------------------------------ state
     def build_state(self, layout: TaskLayout) -> None:
-        memory.refuse_if_too_large(
-            layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb
-        )
+        memory.refuse_for(self, None)
         dim = layout.representation_dim
         self.completed_epochs = self.add_weight(
             name="completed_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
@@ -135,8 +133,14 @@ class BayesAgg(PredictiveServing, Aggregator):
         if self.regression:
             self.regression.add_output_state()  # after the predictive part's: files without them still load
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """The memory estimate at the batch size fit will use (the build-time check knew no batch)."""
+        memory.refuse_for(self, batch_size)
+
     # ------------------------------------------------------------------ per step
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:
+        if inputs.representation.shape[0] is not None:  # a static batch (traced once): its memory estimate
+            self.check_batch_size(int(inputs.representation.shape[0]))
         features = tf.cast(inputs.representation, self.linalg_dtype)
         present = inputs.presence()
         targets = self.regression.targets(inputs.labels) if self.regression else None

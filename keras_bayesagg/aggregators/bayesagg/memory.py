@@ -1,17 +1,17 @@
 """How much memory BayesAgg's state and one step take, estimated from the task layout.
 
-Checked before any variable is allocated, so a layout that would exhaust memory is refused
-with a message that says what it would take and which knob lowers it.
+Checked before any variable is allocated (at a one-sample step: the batch is not known yet) and again
+before fit trains, at the batch size it will see, so a layout that would exhaust memory is refused with
+a message that says what it would take, the largest batch that fits and which knob lowers it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from keras_bayesagg.aggregators.base import TaskLayout
 from keras_bayesagg.tasks import Binary, Multiclass, Regression
 
-ASSUMED_BATCH = 256
 GIB = 2.0**30
 
 
@@ -21,7 +21,7 @@ class MemoryItem(NamedTuple):
     knob: str
 
 
-def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = ASSUMED_BATCH) -> list[MemoryItem]:
+def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int) -> list[MemoryItem]:
     """State plus per-step working memory of each group of tasks, in bytes (dominant terms)."""
     dim, width = layout.representation_dim, layout.representation_dim + 1
     items = []
@@ -58,18 +58,47 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int = A
     return items
 
 
-def refuse_if_too_large(layout: TaskLayout, num_samples: int, itemsize: int, limit_gb: float | None) -> None:
-    """Raise a MemoryError naming the largest part when the estimate exceeds `limit_gb` GiB."""
+def readable(size: float) -> str:
+    """A byte count a person can act on: "3.2 GiB", "540 MiB", "12 KiB" (never "0.0 GiB")."""
+    for unit, scale in (("GiB", GIB), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} B"
+
+
+def refuse_if_too_large(
+    layout: TaskLayout, num_samples: int, itemsize: int, limit_gb: float | None, batch_size: int | None = None
+) -> None:
+    """Raise a MemoryError naming the largest part when the estimate at `batch_size` exceeds `limit_gb` GiB.
+
+    `batch_size` is the (global) batch the model trains on; None (not known yet, before fit) checks the state
+    and a one-sample step, a floor that refuses a layout no batch size could serve.
+    """
     if limit_gb is None:
         return
-    items = estimate(layout, num_samples, itemsize)
+    batch = 1 if batch_size is None else int(batch_size)
+    items = estimate(layout, num_samples, itemsize, batch)
     total = sum(item.bytes for item in items)
     if total <= limit_gb * GIB:
         return
+    fixed = sum(item.bytes for item in estimate(layout, num_samples, itemsize, 0))
+    per_sample = sum(item.bytes for item in estimate(layout, num_samples, itemsize, 1)) - fixed
     largest = max(items, key=lambda item: item.bytes)
+    fitting = int((limit_gb * GIB - fixed) // per_sample) if per_sample > 0 else 0
+    at = "even at batch size 1" if batch_size is None else f"at batch size {batch}"
+    advice = (
+        f"a batch of at most {fitting} samples fits" if fitting >= 1 else "no batch size fits: lower the state first"
+    )
     raise MemoryError(
-        f"BayesAgg would need about {total / GIB:.1f} GiB for its state and one step (estimated at batch size "
-        f"{ASSUMED_BATCH}, num_samples={num_samples}), above memory_limit_gb={limit_gb:g}. The largest part is the "
-        f"{largest.what}: {largest.bytes / GIB:.1f} GiB; to lower it use {largest.knob}. "
+        f"BayesAgg would need about {readable(total)} for its state and one step {at} (num_samples={num_samples}): "
+        f"{readable(fixed)} whatever the batch, plus {readable(per_sample)} per sample of the batch, above "
+        f"memory_limit_gb={limit_gb:g} ({readable(limit_gb * GIB)}); {advice}. The largest part is the "
+        f"{largest.what}: {readable(largest.bytes)}; to lower it use {largest.knob}. "
         "Pass memory_limit_gb=None to skip this check."
     )
+
+
+def refuse_for(aggregator: Any, batch_size: int | None) -> None:
+    """`refuse_if_too_large` for a BayesAgg instance (its layout, num_samples, linalg dtype and limit)."""
+    itemsize = 8 if aggregator.linalg_dtype == "float64" else 4
+    refuse_if_too_large(aggregator.layout, aggregator.num_samples, itemsize, aggregator.memory_limit_gb, batch_size)
