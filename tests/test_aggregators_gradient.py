@@ -22,9 +22,13 @@ from keras_bayesagg.aggregators import (
     AggregatorInputs,
     AlignedMTL,
     CAGrad,
+    ConFIG,
+    DualProj,
+    FairGrad,
     NashMTL,
     PCGrad,
     TaskLayout,
+    UPGrad,
 )
 from keras_bayesagg.aggregators.aligned_mtl import balance_transformation
 from tests.conftest import applied, make_mixed_model, mixed_dataset
@@ -38,6 +42,10 @@ FACTORIES: dict[str, Callable[..., kb.aggregators.Aggregator]] = {
     "imtlg": IMTLG,
     "nash": functools.partial(NashMTL, max_norm=None),  # the properties below are of the unclipped direction
     "aligned": AlignedMTL,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "config": ConFIG,
+    "fairgrad": FairGrad,
 }
 # The direction a method gives for K identical gradients g, as a multiple of g.
 IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
@@ -47,6 +55,10 @@ IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
     "pcgrad": lambda k: float(k),  # the sum: nothing conflicts
     "nash": lambda k: float(k),
     "aligned": lambda k: float(k),
+    "upgrad": lambda k: 1.0,  # nothing conflicts: the average of the (unchanged) gradients
+    "dualproj": lambda k: 1.0,
+    "config": lambda k: float(k),  # the length Σ_i ⟨g_i, ĝ⟩ = K‖g‖
+    # FairGrad's factor depends on ‖g‖ (K^{1/(α+1)}/‖g‖^{2α/(α+1)}): tested in test_aggregators_projection.py
 }
 
 settings.register_profile("gradient_aggregators", max_examples=20, deadline=None, derandomize=True)
@@ -124,7 +136,9 @@ def test_outputs_are_finite_with_the_right_shapes(name, gradients):
     np.testing.assert_allclose(direction, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad"])
+@pytest.mark.parametrize(
+    "name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad", "upgrad", "dualproj", "config", "fairgrad"]
+)
 @settings(settings.get_profile("gradient_aggregators"))
 @given(gradients=gradient_draws, permutation_seed=st.integers(0, 100))
 def test_permuting_the_tasks_changes_nothing(name, gradients, permutation_seed):
@@ -212,7 +226,7 @@ def test_aligned_mtl_gradients_are_orthogonal_with_equal_norms(gradients):
     np.testing.assert_allclose(aligned_gram, smallest * np.eye(len(gram)), atol=1e-6 * max(smallest, 1e-3))
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", list(IDENTICAL_GRADIENTS_FACTOR))
 @pytest.mark.parametrize("num_tasks", [2, 3])
 @pytest.mark.parametrize("log_scale", [-6.0, 0.0, 6.0])
 def test_identical_gradients_give_the_average_or_the_sum(name, num_tasks, log_scale):
