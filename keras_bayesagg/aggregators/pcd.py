@@ -35,7 +35,9 @@ def pcd_weights(gram: tf.Tensor, scales: tf.Tensor, tau: float) -> tf.Tensor:
     multipliers = nonnegative_quadratic_minimizers(secondary, linear[None])[0]
     weights = tf.concat([tf.ones([1], SOLVER_DTYPE), multipliers], axis=0)
     slacks = tf.linalg.matvec(unit[1:], weights) - tau * tf.linalg.diag_part(secondary)
-    feasible = tf.reduce_min(slacks) >= -1e-9 * tf.reduce_max(tf.linalg.diag_part(unit))
+    # Feasible programs leave slacks of -ridge·μ ≈ -1e-12 (XLA's float64 solve ~1e-9); infeasible ones, whose
+    # multipliers grow to ~1/ridge, violate a constraint by O(its size).
+    feasible = tf.reduce_min(slacks) >= -1e-6 * tf.reduce_max(tf.linalg.diag_part(unit))
     primary_only = tf.one_hot(0, tf.shape(unit)[0], dtype=SOLVER_DTYPE)
     weights = tf.where(feasible, weights, primary_only)
     direction_squared = tf.tensordot(weights, tf.linalg.matvec(normalized, weights), 1)
