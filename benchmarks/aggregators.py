@@ -44,10 +44,14 @@ BATCH = 128
 INPUT_SHAPE = (32, 32, 3)
 REPRESENTATION_DIM = 128
 TASKS = "reg:1,mc:2,mc:5"  # UTKFace heads: age, gender, ethnicity
-# Defaults that would not time the method itself.
-CONSTRUCTOR_OVERRIDES: dict[str, dict[str, Any]] = {"BayesAgg": {"warmup_epochs": 0}}
+# Defaults that would not time the method itself, and required arguments (built afresh for every model).
+CONSTRUCTOR_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {
+    "BayesAgg": lambda: {"warmup_epochs": 0},
+    "CRMOGM": lambda: {"method": aggregators.UPGrad()},
+}
 # Extra rows: the per-task trunk-gradient variants of the gradient methods.
 PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL")
+PARAMETER_LEVEL += ("UPGrad", "DualProj", "ConFIG", "FairGrad", "Krum", "TrimmedMean", "PCD")
 
 
 @dataclasses.dataclass
@@ -67,8 +71,8 @@ def discover_rows() -> list[Row]:
             continue
         if candidate is aggregators.Aggregator or inspect.isabstract(candidate):
             continue
-        options = CONSTRUCTOR_OVERRIDES.get(name, {})
-        rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options)))
+        options = CONSTRUCTOR_OVERRIDES.get(name, dict)
+        rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options())))
         if name in PARAMETER_LEVEL:
             rows.append(Row(f"{name}(level='parameters')", lambda candidate=candidate: candidate(level="parameters")))
     rows.sort(key=lambda row: (row.label != "LinearScalarization", row.label.lower()))
