@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination
 from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.aggregators.upgrad import UPGrad
 from keras_bayesagg.validation import finite_float
 
 
@@ -26,12 +27,17 @@ class CRMOGM(GradientCombination):
     `commit` with the method's. `task_weights` are λ_t.
 
     Args:
-        method: the gradient-combination aggregator whose weights are smoothed (a new instance).
+        method: the gradient-combination aggregator whose weights are smoothed (a new instance; default
+            `UPGrad()`).
         alpha: α ∈ [0, 1], the weight of the past (0.9, TorchJD's default; the paper lets α_t grow to 1
             as the learning rate decays).
     """
 
-    def __init__(self, method: GradientCombination, alpha: float = 0.9, name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, method: GradientCombination | None = None, alpha: float = 0.9, name: str | None = None, **kwargs: Any
+    ) -> None:
+        if method is None:  # the default of TorchJD's example
+            method = UPGrad()
         if isinstance(method, dict):
             method = keras.saving.deserialize_keras_object(method)
         if not isinstance(method, GradientCombination) or isinstance(method, CRMOGM) or not method.gram_only:
