@@ -466,6 +466,26 @@ def test_keras_round_trip_keeps_the_wrapper_the_method_and_their_state(trained_w
     assert float(restored.aggregator.method.step_count.numpy()) == 14.0
 
 
+@pytest.mark.parametrize(
+    "aggregator",
+    [
+        UPGrad(level="parameters"),
+        DualProj(),
+        ConFIG(),
+        FairGrad(alpha=2.5, max_iterations=30),
+        Krum(n_byzantine=2, n_selected=3, level="parameters"),
+        TrimmedMean(trim_number=2),
+        PCD(tau=0.3, beta=0.9, epsilon=0.0, level="parameters"),
+        CRMOGM(FairGrad(alpha=3.0, level="parameters"), alpha=0.25),
+    ],
+    ids=lambda aggregator: type(aggregator).__name__,
+)
+def test_config_round_trips_through_keras_serialization(aggregator):
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(aggregator))
+    assert type(restored) is type(aggregator) and restored.get_config() == aggregator.get_config()
+    assert restored.level == aggregator.level
+
+
 def test_task_weight_history_records_the_smoothed_weights(trained_wrapper):
     recorder = trained_wrapper.recorder
     units = ["value", "flags[0]", "flags[1]", "flags[2]", "kind"]
