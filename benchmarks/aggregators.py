@@ -2,6 +2,7 @@
 
     python benchmarks/aggregators.py                 # all aggregators, graph mode
     python benchmarks/aggregators.py --steps 20 --rounds 3 --modes graph,xla
+    python benchmarks/aggregators.py --only UPGrad,Krum    # these (both levels) and the baseline
 
 Workload: a small conv trunk on 32×32×3 inputs (representation D = 128) with UTKFace-shaped
 heads, Regression(1) + Multiclass(2) + Multiclass(5) (K = 3 task units), batch 128, Adam.
@@ -118,10 +119,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row and round")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds over all rows")
     parser.add_argument("--modes", default="graph", help="comma-separated: graph (tf.function), xla (jit_compile=True)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated class names to time (with the baseline); all if empty"
+    )
     arguments = parser.parse_args()
     modes = [mode.strip() for mode in arguments.modes.split(",") if mode.strip()]
     dataset = workload()
     rows = discover_rows()
+    if arguments.only:
+        wanted = {"LinearScalarization"} | {name.strip() for name in arguments.only.split(",")}
+        rows = [row for row in rows if row.label.split("(")[0] in wanted]
 
     for row in rows:
         for mode in modes:
