@@ -17,7 +17,7 @@ class FairGrad(GradientCombination):
     """α-fair allocation of the update among the tasks: d = Σ_k w_k g_k with (Gᵀ G w)_k = w_k^{-1/α}.
 
     Each task's gain ⟨g_k, d⟩ = w_k^{-1/α} > 0 is its "utility"; d maximizes Σ_k u_α(⟨g_k, d⟩) over a
-    ball (paper Eq. 3-4): α = 0 is linear scalarization (the average here), α = 1 proportional fairness
+    ball (paper Section 3; the condition is its Eq. 4): α = 0 is linear scalarization (the average here), α = 1 proportional fairness
     (Nash-MTL's condition), α → ∞ max-min fairness (MGDA-like). Like the paper and TorchJD, the equation
     is solved on the raw Gram matrix, so d is not scale-free: scaling every gradient by s scales w by
     s^{-2α/(α+1)} and d by s^{(1-α)/(1+α)}; K identical gradients g give d = K^{1/(α+1)} ‖g‖^{-2α/(α+1)} g
