@@ -2,6 +2,7 @@
 
     python benchmarks/aggregators.py                 # all aggregators, graph mode
     python benchmarks/aggregators.py --steps 20 --rounds 3 --modes graph,xla
+    python benchmarks/aggregators.py --only UPGrad,Krum    # these (both levels) and the baseline
 
 Workload: a small conv trunk on 32×32×3 inputs (representation D = 128) with UTKFace-shaped
 heads, Regression(1) + Multiclass(2) + Multiclass(5) (K = 3 task units), batch 128, Adam.
@@ -44,10 +45,14 @@ BATCH = 128
 INPUT_SHAPE = (32, 32, 3)
 REPRESENTATION_DIM = 128
 TASKS = "reg:1,mc:2,mc:5"  # UTKFace heads: age, gender, ethnicity
-# Defaults that would not time the method itself.
-CONSTRUCTOR_OVERRIDES: dict[str, dict[str, Any]] = {"BayesAgg": {"warmup_epochs": 0}}
+# Defaults that would not time the method itself, and required arguments (built afresh for every model).
+CONSTRUCTOR_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {
+    "BayesAgg": lambda: {"warmup_epochs": 0},
+    "CRMOGM": lambda: {"method": aggregators.UPGrad()},
+}
 # Extra rows: the per-task trunk-gradient variants of the gradient methods.
 PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL")
+PARAMETER_LEVEL += ("UPGrad", "DualProj", "ConFIG", "FairGrad", "Krum", "TrimmedMean", "PCD")
 
 
 @dataclasses.dataclass
@@ -67,8 +72,8 @@ def discover_rows() -> list[Row]:
             continue
         if candidate is kb.interface.Aggregator or inspect.isabstract(candidate):
             continue
-        options = CONSTRUCTOR_OVERRIDES.get(name, {})
-        rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options)))
+        options = CONSTRUCTOR_OVERRIDES.get(name, dict)
+        rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options())))
         if name in PARAMETER_LEVEL:
             rows.append(Row(f"{name}(level='parameters')", lambda candidate=candidate: candidate(level="parameters")))
     rows.sort(key=lambda row: (row.label != "LinearScalarization", row.label.lower()))
@@ -114,10 +119,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row and round")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds over all rows")
     parser.add_argument("--modes", default="graph", help="comma-separated: graph (tf.function), xla (jit_compile=True)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated class names to time (with the baseline); all if empty"
+    )
     arguments = parser.parse_args()
     modes = [mode.strip() for mode in arguments.modes.split(",") if mode.strip()]
     dataset = workload()
     rows = discover_rows()
+    if arguments.only:
+        wanted = {"LinearScalarization"} | {name.strip() for name in arguments.only.split(",")}
+        rows = [row for row in rows if row.label.split("(")[0] in wanted]
 
     for row in rows:
         for mode in modes:

@@ -1,4 +1,4 @@
-"""Scale conventions of the six gradient-combination methods, pinned on one fixed Jacobian.
+"""Scale conventions of the gradient-combination methods, pinned on one fixed Jacobian.
 
 J = [[-4, 1, 1], [6, 1, 1]]: two tasks, three parameters (the matrix TorchJD's tests use), so
 g1 = (-4, 1, 1), g2 = (6, 1, 1), ‖g1‖² = 18, ‖g2‖² = 38, ⟨g1, g2⟩ = -22 (the tasks conflict),
@@ -19,6 +19,11 @@ ours / original, which docs/aggregators.md ("Scale conventions") reports:
 | CAGrad     | (g0 + λ g_w)/(1 + c²)     | K·(g0 + λ g_w)/(1 + c²) (`rescale=1`, then ×K)  | 1/K = 0.5  |
 | Nash-MTL   | Σ α g clipped to norm 1   | same (`max_norm=1.0`)                           | 1          |
 | Aligned-MTL| Σ of aligned gradients    | same (`grads.sum(-1)` in the authors' balancer) | 1          |
+| UPGrad     | mean of the projections   | TorchJD: same (quadprog with a 1e-4 ridge)      | 1 (±5e-4)  |
+| DualProj   | projection of the mean    | TorchJD: same (quadprog with a 1e-4 ridge)      | 1 (±5e-4)  |
+| ConFIG     | (Σ_i ⟨g_i, ĝ⟩) ĝ          | TorchJD: same                                   | 1          |
+| FairGrad   | Σ w g, w ⊙ Mw = w^{-1/α}  | TorchJD: same (raw Gram matrix)                 | 1          |
+| PCD        | ‖g1‖ d̃/‖d̃‖               | TorchJD: same                                   | 1          |
 
 Every direction is a positive multiple of the original's: cosine similarity 1.
 """
@@ -32,7 +37,19 @@ import pytest
 import tensorflow as tf
 
 import keras_bayesagg as kb
-from keras_bayesagg.aggregators import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad
+from keras_bayesagg.aggregators import (
+    IMTLG,
+    MGDA,
+    PCD,
+    AlignedMTL,
+    CAGrad,
+    ConFIG,
+    DualProj,
+    FairGrad,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+)
 from keras_bayesagg.aggregators.pcgrad import pcgrad_weights
 from keras_bayesagg.interface import AggregatorInputs, TaskLayout
 from tests.conftest import applied
@@ -94,6 +111,31 @@ _EIGENVECTORS = np.stack([np.array([22.0, 18.0 - lam]) / np.hypot(22.0, 18.0 - l
 ALIGNED_B = math.sqrt(_EIGENVALUES[0]) * (_EIGENVECTORS / np.sqrt(_EIGENVALUES)) @ _EIGENVECTORS.T
 ALIGNED_EXPECTED = J.T @ ALIGNED_B @ np.ones(2)
 
+# UPGrad (Quinton & Rey 2024, Eq. 5): ½(π(g1) + π(g2)), π the projection onto {d: ⟨d, g1⟩ ≥ 0, ⟨d, g2⟩ ≥ 0}.
+# g1 conflicts with g2 only, so π(g1) = g1 + (22/38) g2 = (-10/19, 30/19, 30/19) (⟨π(g1), g1⟩ = 100/19 ≥ 0 holds),
+# and π(g2) = g2 + (22/18) g1 = (10/9, 20/9, 20/9): with two tasks, half of PCGrad's sum.
+UPGRAD_EXPECTED = PCGRAD_EXPECTED / 2
+
+# DualProj: π(g0), g0 = (1, 1, 1); ⟨g0, g1⟩ = -2 < 0 and ⟨g0, g2⟩ = 8, so only g1's constraint is active:
+#   d = g0 + (2/18) g1 = (5/9, 10/9, 10/9), and ⟨d, g2⟩ = 50/9 ≥ 0 holds.
+DUALPROJ_EXPECTED = np.array([5 / 9, 10 / 9, 10 / 9])
+
+# ConFIG (Liu et al. 2024, Eq. 2): the unit vectors u1, u2 have cosine matrix C = [[1, c], [c, 1]], c = cos θ,
+# so Ũ⁺1 = Ũᵀ C⁻¹ 1 = (u1 + u2)/(1 + c) and ĝ = (u1 + u2)/‖u1 + u2‖, ‖u1 + u2‖² = 2(1 + c).
+# Its length Σ_i ⟨g_i, ĝ⟩ = (‖g1‖ + ‖g2‖)(1 + c)/‖u1 + u2‖, so d = (‖g1‖ + ‖g2‖)/2 · (u1 + u2).
+CONFIG_EXPECTED = (N1 + N2) / 2 * (U1 + U2)
+
+# FairGrad, α = 1 (Ban & Ji 2024, Eq. 4): w ⊙ Mw = 1 on the raw M. As for Nash-MTL above (without the
+# Frobenius normalization): w_k‖g_k‖ = t with t²(1 + cos θ) = 1, so d = (u1 + u2)/√(1 + cos θ).
+FAIRGRAD_EXPECTED = (U1 + U2) / math.sqrt(1 + NASH_COS)
+
+# PCD, first step (τ = 0.02, ε = 1e-8): the debiased moving average is ‖g_i‖² itself, so g̃_i = u_i (up to ε).
+# d̃ = argmin ½‖d - u1‖² s.t. ⟨u2, d⟩ ≥ τ; ⟨u2, u1⟩ = cos θ < τ, so the constraint is active:
+# d̃ = u1 + (τ - cos θ) u2, and d = ‖g1‖ d̃/‖d̃‖.
+PCD_TAU = 0.02
+_PCD_UNSCALED = U1 + (PCD_TAU - NASH_COS) * U2
+PCD_EXPECTED = N1 * _PCD_UNSCALED / np.linalg.norm(_PCD_UNSCALED)
+
 EXPECTED = {
     "MGDA": (lambda level: MGDA(level=level), MGDA_EXPECTED),
     "PCGrad": (lambda level: PCGrad(level=level, seed=0), PCGRAD_EXPECTED),
@@ -101,6 +143,11 @@ EXPECTED = {
     "IMTLG": (lambda level: IMTLG(level=level), IMTLG_EXPECTED),
     "NashMTL": (lambda level: NashMTL(level=level), NASH_EXPECTED),
     "AlignedMTL": (lambda level: AlignedMTL(level=level), ALIGNED_EXPECTED),
+    "UPGrad": (lambda level: UPGrad(level=level), UPGRAD_EXPECTED),
+    "DualProj": (lambda level: DualProj(level=level), DUALPROJ_EXPECTED),
+    "ConFIG": (lambda level: ConFIG(level=level), CONFIG_EXPECTED),
+    "FairGrad": (lambda level: FairGrad(alpha=1.0, level=level), FAIRGRAD_EXPECTED),
+    "PCD": (lambda level: PCD(tau=PCD_TAU, level=level), PCD_EXPECTED),
 }
 
 # The original code's update for the same J, and ours / original (see the module docstring).
@@ -116,8 +163,18 @@ ORIGINAL_UPDATE = {
     "NashMTL": NASH_EXPECTED,
     # AlignedMTLBalancer: Ĝ summed over tasks.
     "AlignedMTL": ALIGNED_EXPECTED,
+    # TorchJD 0.18 (the anchor of the methods below) on J, float64; its UPGrad and DualProj solve the projection
+    # with quadprog on M/tr(M) + 1e-4·I, which moves them off the exact projection by ~1e-4 (cosine 1 - 1e-8).
+    "UPGrad": np.array([0.292902000156936, 1.9003520780018968, 1.9003520780018968]),
+    "DualProj": np.array([0.5563158128582222, 1.1109210467854445, 1.1109210467854445]),
+    "ConFIG": np.array([0.15880897580793973, 2.070606758062621, 2.0706067580626217]),
+    "FairGrad": np.array([0.07658428838583509, 0.9985326351132684, 0.9985326351132684]),
+    "PCD": np.array([-0.8200327513214063, 2.943428807255259, 2.943428807255259]),
 }
 RATIO_TO_ORIGINAL = {"MGDA": 1.0, "PCGrad": 1.0, "CAGrad": 0.5, "IMTLG": 1.0, "NashMTL": 1.0, "AlignedMTL": 1.0}
+RATIO_TO_ORIGINAL |= {"UPGrad": 1.0, "DualProj": 1.0, "ConFIG": 1.0, "FairGrad": 1.0, "PCD": 1.0}
+# How far the original's update may be from ours (its solver's own error; exact closed forms otherwise).
+ORIGINAL_TOLERANCE = {"UPGrad": 5e-4, "DualProj": 5e-4}
 
 
 def layout() -> TaskLayout:
@@ -160,7 +217,8 @@ def test_same_direction_as_the_original_and_the_documented_scale(name):
     ours = direction_for(EXPECTED[name][0]("parameters"))
     original = ORIGINAL_UPDATE[name]
     assert cosine(ours, original) == pytest.approx(1.0, abs=1e-6)
-    assert np.linalg.norm(ours) / np.linalg.norm(original) == pytest.approx(RATIO_TO_ORIGINAL[name], rel=2e-4)
+    tolerance = ORIGINAL_TOLERANCE.get(name, 2e-4)
+    assert np.linalg.norm(ours) / np.linalg.norm(original) == pytest.approx(RATIO_TO_ORIGINAL[name], rel=tolerance)
 
 
 def test_the_hand_derivations_hold():
@@ -181,6 +239,14 @@ def test_the_hand_derivations_hold():
     np.testing.assert_allclose(GRAM @ _EIGENVECTORS, _EIGENVECTORS * _EIGENVALUES, atol=1e-12)
     aligned = J.T @ ALIGNED_B
     np.testing.assert_allclose(aligned.T @ aligned, _EIGENVALUES[0] * np.eye(2), atol=1e-10)
+    # UPGrad and DualProj: no conflict with either task; DualProj's active constraint holds with equality.
+    assert np.all(J @ UPGRAD_EXPECTED >= 0) and DUALPROJ_EXPECTED @ G1 == pytest.approx(0.0, abs=1e-12)
+    # ConFIG: equal cosines with both gradients. FairGrad: w ⊙ Mw = 1 for the w with d = Jᵀw.
+    assert cosine(CONFIG_EXPECTED, G1) == pytest.approx(cosine(CONFIG_EXPECTED, G2))
+    fair_weights = np.linalg.lstsq(J.T, FAIRGRAD_EXPECTED, rcond=None)[0]
+    np.testing.assert_allclose(fair_weights * (GRAM @ fair_weights), 1.0, rtol=1e-12)
+    # PCD: the constraint ⟨u2, d̃⟩ = τ is active and d has ‖g1‖.
+    assert U2 @ _PCD_UNSCALED == pytest.approx(PCD_TAU) and np.linalg.norm(PCD_EXPECTED) == pytest.approx(N1)
 
 
 def test_pcgrad_both_orders_give_the_same_sum():

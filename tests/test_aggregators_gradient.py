@@ -16,7 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import keras_bayesagg as kb
-from keras_bayesagg.aggregators import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad
+from keras_bayesagg.aggregators import (
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    ConFIG,
+    DualProj,
+    FairGrad,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+)
 from keras_bayesagg.aggregators.aligned_mtl import balance_transformation
 from keras_bayesagg.interface import AggregatorInputs, TaskLayout
 from tests.conftest import applied, make_mixed_model, mixed_dataset
@@ -30,6 +41,10 @@ FACTORIES: dict[str, Callable[..., kb.interface.Aggregator]] = {
     "imtlg": IMTLG,
     "nash": functools.partial(NashMTL, max_norm=None),  # the properties below are of the unclipped direction
     "aligned": AlignedMTL,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "config": ConFIG,
+    "fairgrad": FairGrad,
 }
 # The direction a method gives for K identical gradients g, as a multiple of g.
 IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
@@ -39,6 +54,10 @@ IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
     "pcgrad": lambda k: float(k),  # the sum: nothing conflicts
     "nash": lambda k: float(k),
     "aligned": lambda k: float(k),
+    "upgrad": lambda k: 1.0,  # nothing conflicts: the average of the (unchanged) gradients
+    "dualproj": lambda k: 1.0,
+    "config": lambda k: float(k),  # the length Σ_i ⟨g_i, ĝ⟩ = K‖g‖
+    # FairGrad's factor depends on ‖g‖ (K^{1/(α+1)}/‖g‖^{2α/(α+1)}): tested in test_aggregators_projection.py
 }
 
 settings.register_profile("gradient_aggregators", max_examples=20, deadline=None, derandomize=True)
@@ -116,7 +135,9 @@ def test_outputs_are_finite_with_the_right_shapes(name, gradients):
     np.testing.assert_allclose(direction, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad"])
+@pytest.mark.parametrize(
+    "name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad", "upgrad", "dualproj", "config", "fairgrad"]
+)
 @settings(settings.get_profile("gradient_aggregators"))
 @given(gradients=gradient_draws, permutation_seed=st.integers(0, 100))
 def test_permuting_the_tasks_changes_nothing(name, gradients, permutation_seed):
@@ -204,7 +225,7 @@ def test_aligned_mtl_gradients_are_orthogonal_with_equal_norms(gradients):
     np.testing.assert_allclose(aligned_gram, smallest * np.eye(len(gram)), atol=1e-6 * max(smallest, 1e-3))
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", list(IDENTICAL_GRADIENTS_FACTOR))
 @pytest.mark.parametrize("num_tasks", [2, 3])
 @pytest.mark.parametrize("log_scale", [-6.0, 0.0, 6.0])
 def test_identical_gradients_give_the_average_or_the_sum(name, num_tasks, log_scale):

@@ -159,6 +159,14 @@ BAD_ARGUMENTS = [
     (kb.aggregators.CAGrad, "rescale", ["sometimes"]),
     (kb.aggregators.NashMTL, "update_weights_every", [0, "1"]),
     (kb.aggregators.PCGrad, "seed", [-1]),
+    (kb.aggregators.FairGrad, "alpha", [-1.0, float("nan"), "1"]),
+    (kb.aggregators.Krum, "n_byzantine", [-1, 0.5]),
+    (kb.aggregators.Krum, "n_selected", [0]),
+    (kb.aggregators.TrimmedMean, "trim_number", [-1, 1.5]),
+    (kb.aggregators.PCD, "tau", [-0.1, 1.5]),
+    (kb.aggregators.PCD, "beta", [1.0, -0.5]),
+    (kb.aggregators.PCD, "epsilon", [-1.0]),
+    (kb.aggregators.CRMOGM, "alpha", [1.5, float("nan")]),
 ]
 
 

@@ -153,3 +153,115 @@ def nash_bargaining_weights(
         (tf.constant(0), alpha, tf.constant(1.0, SOLVER_DTYPE)),
     )
     return alpha
+
+
+def positive_definite_part(matrix: tf.Tensor, ridge: float) -> tf.Tensor:
+    """V max(Λ, 0) Vᵀ + ridge·I of a symmetric matrix: drops the negative eigenvalues that float32 rounding
+    leaves in a Gram matrix, so that every principal submatrix has a Cholesky factor."""
+    matrix = 0.5 * (matrix + tf.transpose(matrix))
+    eigenvalues, eigenvectors = tf.linalg.eigh(matrix)
+    clipped = tf.matmul(eigenvectors * tf.maximum(eigenvalues, 0.0)[None], eigenvectors, transpose_b=True)
+    return clipped + ridge * tf.eye(tf.shape(matrix)[0], dtype=matrix.dtype)
+
+
+def nonnegative_quadratic_minimizers(
+    matrix: tf.Tensor, linear: tf.Tensor, tolerance: float = 1e-13, ridge: float = 1e-12
+) -> tf.Tensor:
+    """argmin_{x ≥ 0} ½xᵀAx + cᵀx for each row c of `linear` [R, K] (A [K, K] PSD, about unit trace): [R, K].
+
+    An active-set method (Lawson & Hanson 1974, NNLS, here for a general convex quadratic): the free
+    variables P solve A_PP x_P = -c_P exactly (Cholesky of A + ridge·I, the only approximation); a
+    variable joins P while its gradient (Ax + c)_j < -tolerance, and a solve that would leave P's
+    feasible region is cut back to its boundary. It ends after finitely many solves at the exact
+    minimizer (the KKT point), unlike a projected-gradient method. The R problems run side by side
+    with fixed shapes (masks instead of index sets), so the loop compiles under XLA.
+    """
+    matrix = positive_definite_part(tf.cast(matrix, SOLVER_DTYPE), ridge)
+    linear = tf.cast(linear, SOLVER_DTYPE)
+    rows, size = tf.shape(linear)[0], tf.shape(linear)[1]
+    infinity = tf.constant(float("inf"), SOLVER_DTYPE)
+
+    def free_solution(free: tf.Tensor) -> tf.Tensor:
+        """x_P = -A_PP⁻¹ c_P and x = 0 off P, for every row's free set P [R, K] at once."""
+        mask = tf.cast(free, SOLVER_DTYPE)
+        system = matrix[None] * mask[:, :, None] * mask[:, None, :] + tf.linalg.diag(1.0 - mask)
+        solution = tf.linalg.cholesky_solve(tf.linalg.cholesky(system), (-linear * mask)[..., None])[..., 0]
+        return solution * mask
+
+    def body(i: tf.Tensor, x: tf.Tensor, free: tf.Tensor, adding: tf.Tensor, done: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        gradient = tf.matmul(x, matrix) + linear
+        scores = tf.where(tf.logical_and(~free, adding[:, None]), -gradient, -infinity)
+        can_add = tf.reduce_max(scores, axis=1) > tolerance
+        done = tf.logical_or(done, tf.logical_and(adding, ~can_add))
+        entering = tf.one_hot(tf.argmax(scores, axis=1, output_type=tf.int32), size, on_value=True, off_value=False)
+        free = tf.logical_or(free, tf.logical_and(entering, tf.logical_and(adding, can_add)[:, None]))
+        candidate = free_solution(free)
+        feasible = tf.reduce_all(tf.logical_or(~free, candidate > 0.0), axis=1)
+        blocking = tf.logical_and(free, candidate <= 0.0)
+        gap = x - candidate
+        ratios = tf.where(blocking, x / tf.where(gap > 0.0, gap, tf.ones_like(gap)), infinity)
+        step = tf.minimum(tf.reduce_min(ratios, axis=1, keepdims=True), 1.0)
+        cut_back = x + step * (candidate - x)
+        leaving = tf.logical_or(tf.logical_and(blocking, ratios <= step), cut_back <= 0.0)
+        cut_free = tf.logical_and(free, ~leaving)
+        cut_back = tf.where(cut_free, cut_back, tf.zeros_like(cut_back))
+        keep = done[:, None]
+        new_x = tf.where(keep, x, tf.where(feasible[:, None], candidate, cut_back))
+        new_free = tf.where(keep, free, tf.where(feasible[:, None], free, cut_free))
+        return i + 1, new_x, new_free, tf.logical_or(feasible, done), done
+
+    # Each solve adds or removes a variable; 4K + 8 solves bound the finite active-set sequence in practice.
+    budget = 4 * size + 8
+    zeros = tf.zeros([rows, size], SOLVER_DTYPE)
+    _, x, _, _, _ = tf.while_loop(
+        lambda i, x, free, adding, done: tf.logical_and(i < budget, ~tf.reduce_all(done)),
+        body,
+        (tf.constant(0), zeros, tf.zeros([rows, size], tf.bool), tf.ones([rows], tf.bool), tf.zeros([rows], tf.bool)),
+    )
+    return x
+
+
+def dual_cone_projection_weights(gram: tf.Tensor, preferences: tf.Tensor) -> tf.Tensor:
+    """Weights v of the projection of Jᵀu onto the dual cone {d: Jd ≥ 0} of the gradient rows, per row u of
+    `preferences` [R, K]: π(Jᵀu) = Jᵀv with v = argmin_{v ≥ u} vᵀMv (Quinton & Rey 2024, Proposition 1).
+
+    Solved exactly as v = u + x, x = argmin_{x ≥ 0} ½xᵀMx + (Mu)ᵀx, on the trace-normalized M (the weights
+    do not depend on the gradients' scale). TorchJD solves the same program with quadprog on M/tr(M) + 1e-4·I,
+    which biases v by the ridge; ours adds 1e-12·I.
+    """
+    matrix = trace_normalized(gram)
+    preferences = tf.cast(preferences, SOLVER_DTYPE)
+    return preferences + nonnegative_quadratic_minimizers(matrix, tf.matmul(preferences, matrix))
+
+
+def alpha_fair_weights(gram: tf.Tensor, alpha: float, max_iterations: int = 100, tolerance: float = 1e-12) -> tf.Tensor:
+    """The w > 0 with (Mw)_k = w_k^{-1/α} for all k (Ban & Ji 2024, Eq. 4; α = 1 is Nash-MTL's condition).
+
+    It is the stationary point of the strictly convex f(w) = ½wᵀNw - Σ_k φ(w_k), φ' = w^{-1/α}, on
+    N = M/tr(M) + 1e-12·I; the solution for M itself is tr(M)^{-α/(α+1)} times it ((sM)w = w^{-1/α} is
+    solved by s^{-α/(α+1)} w'). Damped Newton steps (divided by 1 + λ, λ the Newton decrement, and cut to
+    keep w > 0), from the best multiple of ones.
+    """
+    gram = tf.cast(gram, SOLVER_DTYPE)
+    trace = tf.linalg.trace(gram)
+    trace = tf.where(trace > 0, trace, tf.ones_like(trace))
+    size = tf.shape(gram)[0]
+    matrix = gram / trace + 1e-12 * tf.eye(size, dtype=SOLVER_DTYPE)
+    exponent = -1.0 / alpha
+    start = (tf.cast(size, SOLVER_DTYPE) / tf.reduce_sum(matrix)) ** (alpha / (alpha + 1.0))
+    weights = tf.fill([size], start)
+
+    def body(i: tf.Tensor, w: tf.Tensor, decrement: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        gradient = tf.linalg.matvec(matrix, w) - w**exponent
+        hessian = matrix + tf.linalg.diag(-exponent * w ** (exponent - 1.0))
+        step = tf.linalg.cholesky_solve(tf.linalg.cholesky(hessian), gradient[:, None])[:, 0]
+        decrement = tf.sqrt(tf.maximum(tf.tensordot(gradient, step, 1), 0.0))
+        limit = tf.reduce_min(tf.where(step > 0, 0.9 * w / tf.where(step > 0, step, 1.0), 1.0))
+        return i + 1, w - tf.minimum(1.0 / (1.0 + decrement), limit) * step, decrement
+
+    _, weights, _ = tf.while_loop(
+        lambda i, w, decrement: tf.logical_and(i < max_iterations, decrement > tolerance),
+        body,
+        (tf.constant(0), weights, tf.constant(1.0, SOLVER_DTYPE)),
+    )
+    return weights * trace ** (-alpha / (alpha + 1.0))

@@ -61,9 +61,11 @@ if sys.argv[1] == "all":
     names = [
         "LinearScalarization", "ScaleInvariant", "RandomLossWeighting", "DynamicWeightAverage",
         "UncertaintyWeighting", "FAMO", "GradNorm", "MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL",
+        "UPGrad", "DualProj", "ConFIG", "FairGrad", "Krum", "TrimmedMean", "PCD",
     ]  # fmt: skip
     makers = {name: getattr(kb.aggregators, name) for name in names}
-    for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL"):
+    makers["CRMOGM(PCD())"] = lambda: kb.aggregators.CRMOGM(kb.aggregators.PCD())
+    for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL", "UPGrad", "TrimmedMean", "PCD"):
         makers[f"{name}(level='parameters')"] = lambda name=name: getattr(kb.aggregators, name)(level="parameters")
 else:
     makers = {"MGDA": kb.aggregators.MGDA}  # a representation-level and (below) a parameter-level method
