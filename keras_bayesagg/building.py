@@ -6,6 +6,7 @@ the first step would otherwise create while tracing (so callbacks see built stat
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import keras
@@ -88,3 +89,8 @@ def symbolic_build_arguments(model: keras.Model, iterator: Any, data_batch: Any)
     if iterator is not None and data_batch is None and model._distribute_strategy is not None:
         return {"iterator": None, "data_batch": first_replica_batch(model.distribute_strategy, iterator)}
     return {"iterator": iterator, "data_batch": data_batch}
+
+
+def parameter_count(trunk: keras.layers.Layer) -> int:
+    """P: how many trainable parameters the trunk has (the length of a flattened trunk gradient)."""
+    return sum(math.prod(variable.shape) for variable in trunk.trainable_variables)

@@ -14,15 +14,21 @@ from keras_bayesagg.aggregators.base import (
 from keras_bayesagg.aggregators.bayesagg import BayesAgg
 from keras_bayesagg.aggregators.cagrad import CAGrad
 from keras_bayesagg.aggregators.dynamic_weight_average import DynamicWeightAverage
+from keras_bayesagg.aggregators.excess_mtl import ExcessMTL
 from keras_bayesagg.aggregators.famo import FAMO
+from keras_bayesagg.aggregators.graddrop import GradDrop
 from keras_bayesagg.aggregators.gradnorm import GradNorm
+from keras_bayesagg.aggregators.gradvac import GradVac
 from keras_bayesagg.aggregators.imtl_g import IMTLG
 from keras_bayesagg.aggregators.linear_scalarization import LinearScalarization
 from keras_bayesagg.aggregators.mgda import MGDA
+from keras_bayesagg.aggregators.moco import MoCo
+from keras_bayesagg.aggregators.modo import MoDo
 from keras_bayesagg.aggregators.nash_mtl import NashMTL
 from keras_bayesagg.aggregators.pcgrad import PCGrad
 from keras_bayesagg.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_bayesagg.aggregators.scale_invariant import ScaleInvariant
+from keras_bayesagg.aggregators.sdmgrad import SDMGrad
 from keras_bayesagg.aggregators.uncertainty_weighting import UncertaintyWeighting
 
 __all__ = [
@@ -33,11 +39,16 @@ __all__ = [
     "BayesAgg",
     "CAGrad",
     "DynamicWeightAverage",
+    "ExcessMTL",
     "FAMO",
+    "GradDrop",
     "GradNorm",
+    "GradVac",
     "IMTLG",
     "LinearScalarization",
     "MGDA",
+    "MoCo",
+    "MoDo",
     "NashMTL",
     "ObjectiveAggregation",
     "ParameterAggregation",
@@ -45,6 +56,7 @@ __all__ = [
     "RandomLossWeighting",
     "RepresentationAggregation",
     "ScaleInvariant",
+    "SDMGrad",
     "TaskLayout",
     "TaskUnit",
     "UncertaintyWeighting",
