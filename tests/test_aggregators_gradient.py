@@ -22,8 +22,13 @@ from keras_bayesagg.aggregators import (
     AggregatorInputs,
     AlignedMTL,
     CAGrad,
+    ExcessMTL,
+    GradVac,
+    MoCo,
+    MoDo,
     NashMTL,
     PCGrad,
+    SDMGrad,
     TaskLayout,
 )
 from keras_bayesagg.aggregators.aligned_mtl import balance_transformation
@@ -38,7 +43,14 @@ FACTORIES: dict[str, Callable[..., kb.aggregators.Aggregator]] = {
     "imtlg": IMTLG,
     "nash": functools.partial(NashMTL, max_norm=None),  # the properties below are of the unclipped direction
     "aligned": AlignedMTL,
+    "gradvac": functools.partial(GradVac, seed=1),
+    "sdmgrad": SDMGrad,
+    "modo": MoDo,
+    "moco": functools.partial(MoCo, loss_normalization=False),  # the harness's losses are 0
+    "excess_mtl": ExcessMTL,
 }
+# Keep state across steps (one `compiled` instance serves many draws): no same-input comparisons across instances.
+STATEFUL = {"gradvac", "sdmgrad", "modo", "moco", "excess_mtl"}
 # The direction a method gives for K identical gradients g, as a multiple of g.
 IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
     "mgda": lambda k: 1.0,  # the average
@@ -47,6 +59,11 @@ IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
     "pcgrad": lambda k: float(k),  # the sum: nothing conflicts
     "nash": lambda k: float(k),
     "aligned": lambda k: float(k),
+    "gradvac": lambda k: float(k),  # cosine 1 is above every target: the sum
+    "sdmgrad": lambda k: 1.0,  # weights on the simplex: the average
+    "modo": lambda k: 1.0,
+    "moco": lambda k: 1.0,
+    "excess_mtl": lambda k: 1.0,
 }
 
 settings.register_profile("gradient_aggregators", max_examples=20, deadline=None, derandomize=True)
@@ -313,7 +330,7 @@ def test_partly_conflicting_gradients_hand_worked():
     np.testing.assert_allclose(weights, [0.6, 0.4], rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", [name for name in FACTORIES if name not in STATEFUL])
 def test_parameter_level_combines_parameter_gradients_the_same_way(name):
     """With one sample the representation-level task gradients are the vectors themselves, so
     feeding them as [K, P] parameter gradients must give the same direction."""

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from keras_bayesagg.aggregators._gradient_methods import GradientCombination, tracked_width
-from keras_bayesagg.aggregators._solvers import project_onto_simplex
+from keras_bayesagg.aggregators._solvers import SOLVER_DTYPE, project_onto_simplex
 from keras_bayesagg.aggregators.base import AggregatorInputs, TaskLayout
 from keras_bayesagg.validation import nonnegative_float, one_of, positive_float
 
@@ -19,9 +19,10 @@ SIMPLEX_MAPS = ("projection", "softmax")
 def moco_weights(
     tracked_gram: tf.Tensor, weights: tf.Tensor, step_size: tf.Tensor, regularization: float, simplex_map: str
 ) -> tf.Tensor:
-    """λ ← Π(λ - γ_t (YYᵀ + ρI) λ) (paper Algorithm 1), or softmax(·) in place of Π (the authors' code)."""
-    moved = weights - step_size * (tf.linalg.matvec(tracked_gram, weights) + regularization * weights)
-    return project_onto_simplex(moved) if simplex_map == "projection" else tf.nn.softmax(moved)
+    """λ ← Π(λ - γ_t (YYᵀ + ρI) λ) (paper Algorithm 1), or softmax(·) in place of Π (the authors' code); float64."""
+    gram, weights = tf.cast(tracked_gram, SOLVER_DTYPE), tf.cast(weights, SOLVER_DTYPE)
+    moved = weights - tf.cast(step_size, SOLVER_DTYPE) * (tf.linalg.matvec(gram, weights) + regularization * weights)
+    return tf.cast(project_onto_simplex(moved) if simplex_map == "projection" else tf.nn.softmax(moved), tf.float32)
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
