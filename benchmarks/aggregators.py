@@ -2,6 +2,7 @@
 
     python benchmarks/aggregators.py                 # all aggregators, graph mode
     python benchmarks/aggregators.py --steps 20 --rounds 3 --modes graph,xla
+    python benchmarks/aggregators.py --only MoCo,GradDrop    # some rows (and the baseline)
 
 Workload: a small conv trunk on 32×32×3 inputs (representation D = 128) with UTKFace-shaped
 heads, Regression(1) + Multiclass(2) + Multiclass(5) (K = 3 task units), batch 128, Adam.
@@ -38,6 +39,7 @@ from step_time import make_trunk, parse_tasks  # noqa: E402  (same folder)
 
 import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg import aggregators  # noqa: E402
+from keras_bayesagg.aggregators._gradient_methods import GradientCombination  # noqa: E402
 from keras_bayesagg.data import random_task_batch  # noqa: E402
 
 BATCH = 128
@@ -46,8 +48,6 @@ REPRESENTATION_DIM = 128
 TASKS = "reg:1,mc:2,mc:5"  # UTKFace heads: age, gender, ethnicity
 # Defaults that would not time the method itself.
 CONSTRUCTOR_OVERRIDES: dict[str, dict[str, Any]] = {"BayesAgg": {"warmup_epochs": 0}}
-# Extra rows: the per-task trunk-gradient variants of the gradient methods.
-PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL")
 
 
 @dataclasses.dataclass
@@ -59,7 +59,9 @@ class Row:
     error: str | None = None
 
 
-def discover_rows() -> list[Row]:
+def discover_rows(only: list[str] | None = None) -> list[Row]:
+    """Every exported aggregator, plus the level="parameters" variant of every gradient-combination method;
+    `only`: just the rows whose class name is listed (linear scalarization, the baseline, always runs)."""
     rows = []
     for name in aggregators.__all__:
         candidate = getattr(aggregators, name)
@@ -67,9 +69,11 @@ def discover_rows() -> list[Row]:
             continue
         if candidate is aggregators.Aggregator or inspect.isabstract(candidate):
             continue
+        if only and name not in only and name != "LinearScalarization":
+            continue
         options = CONSTRUCTOR_OVERRIDES.get(name, {})
         rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options)))
-        if name in PARAMETER_LEVEL:
+        if issubclass(candidate, GradientCombination):
             rows.append(Row(f"{name}(level='parameters')", lambda candidate=candidate: candidate(level="parameters")))
     rows.sort(key=lambda row: (row.label != "LinearScalarization", row.label.lower()))
     return rows
@@ -114,10 +118,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row and round")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds over all rows")
     parser.add_argument("--modes", default="graph", help="comma-separated: graph (tf.function), xla (jit_compile=True)")
+    parser.add_argument("--only", default="", help="comma-separated class names to time (with the baseline)")
     arguments = parser.parse_args()
     modes = [mode.strip() for mode in arguments.modes.split(",") if mode.strip()]
     dataset = workload()
-    rows = discover_rows()
+    rows = discover_rows([name.strip() for name in arguments.only.split(",") if name.strip()])
 
     for row in rows:
         for mode in modes:
