@@ -62,7 +62,8 @@ class SDMGrad(GradientCombination):
     Args:
         preference_weight: λ (paper and the authors' experiments 0.3).
         preference: w̃, K non-negative numbers summing to 1 (default uniform).
-        learning_rate: η of the inner solver (authors' 10, on the normalized Gram matrix).
+        learning_rate: η of the inner solver (authors' 10, on the normalized Gram matrix; with it the inner
+            steps cycle between simplex vertices rather than converge, see docs/aggregators.md).
         momentum: μ of the inner solver (0.5).
         iterations: inner steps per train step (20).
         level: "representation" (default) or "parameters" (see `_gradient_methods`).
