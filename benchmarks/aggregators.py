@@ -39,6 +39,7 @@ from step_time import make_trunk, parse_tasks  # noqa: E402  (same folder)
 
 import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg import aggregators  # noqa: E402
+from keras_bayesagg.aggregators._gradient_methods import GradientCombination  # noqa: E402
 from keras_bayesagg.data import random_task_batch  # noqa: E402
 
 BATCH = 128
@@ -50,9 +51,6 @@ CONSTRUCTOR_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {
     "BayesAgg": lambda: {"warmup_epochs": 0},
     "CRMOGM": lambda: {"method": aggregators.UPGrad()},
 }
-# Extra rows: the per-task trunk-gradient variants of the gradient methods.
-PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL")
-PARAMETER_LEVEL += ("UPGrad", "DualProj", "ConFIG", "FairGrad", "Krum", "TrimmedMean", "PCD")
 
 
 @dataclasses.dataclass
@@ -64,7 +62,9 @@ class Row:
     error: str | None = None
 
 
-def discover_rows() -> list[Row]:
+def discover_rows(only: list[str] | None = None) -> list[Row]:
+    """Every exported aggregator, plus the level="parameters" variant of every gradient-combination method;
+    `only`: just the rows whose class name is listed (linear scalarization, the baseline, always runs)."""
     rows = []
     for name in aggregators.__all__:
         candidate = getattr(aggregators, name)
@@ -74,7 +74,7 @@ def discover_rows() -> list[Row]:
             continue
         options = CONSTRUCTOR_OVERRIDES.get(name, dict)
         rows.append(Row(name, lambda candidate=candidate, options=options: candidate(**options())))
-        if name in PARAMETER_LEVEL:
+        if issubclass(candidate, GradientCombination):
             rows.append(Row(f"{name}(level='parameters')", lambda candidate=candidate: candidate(level="parameters")))
     rows.sort(key=lambda row: (row.label != "LinearScalarization", row.label.lower()))
     return rows

@@ -6,6 +6,7 @@ the first step would otherwise create while tracing (so callbacks see built stat
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import keras
@@ -104,3 +105,8 @@ def known_batch_size(x: Any, batch_size: Any) -> int | None:
     if not arrays or not len(arrays[0].shape):
         return None
     return min(int(batch_size or KERAS_DEFAULT_BATCH_SIZE), int(arrays[0].shape[0]))
+
+
+def parameter_count(trunk: keras.layers.Layer) -> int:
+    """P: how many trainable parameters the trunk has (the length of a flattened trunk gradient)."""
+    return sum(math.prod(variable.shape) for variable in trunk.trainable_variables)

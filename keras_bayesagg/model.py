@@ -59,7 +59,7 @@ class MultiTaskModel(keras.Model):
     def task_layout(self) -> TaskLayout:
         if self.representation_dim is None:
             raise ValueError("The model is not built yet: call it on data or fit it first.")
-        return TaskLayout(dict(self.task_specs), self.representation_dim)
+        return TaskLayout(dict(self.task_specs), self.representation_dim, building.parameter_count(self.trunk))
 
     def build(self, input_shape: Any) -> None:
         self.representation_dim = building.representation_dim(self.trunk, input_shape, self.compute_dtype)

@@ -24,6 +24,9 @@ ours / original, which docs/aggregators.md ("Scale conventions") reports:
 | ConFIG     | (Σ_i ⟨g_i, ĝ⟩) ĝ          | TorchJD: same                                   | 1          |
 | FairGrad   | Σ w g, w ⊙ Mw = w^{-1/α}  | TorchJD: same (raw Gram matrix)                 | 1          |
 | PCD        | ‖g1‖ d̃/‖d̃‖               | TorchJD: same                                   | 1          |
+| GradVac    | Σ_i g_i' (= PCGrad's at first) | same (TorchJD `GradVac`)                   | 1          |
+| SDMGrad    | J(w + λw̃)/(1 + λ)         | same (TorchJD `SDMGradWeighting`)               | 1          |
+| MoDo       | Jλ, λ on the simplex      | same (TorchJD `MoDoWeighting`)                  | 1          |
 
 Every direction is a positive multiple of the original's: cosine similarity 1.
 """
@@ -45,9 +48,15 @@ from keras_bayesagg.aggregators import (
     CAGrad,
     ConFIG,
     DualProj,
+    ExcessMTL,
     FairGrad,
+    GradDrop,
+    GradVac,
+    MoCo,
+    MoDo,
     NashMTL,
     PCGrad,
+    SDMGrad,
     UPGrad,
 )
 from keras_bayesagg.aggregators.pcgrad import pcgrad_weights
@@ -136,7 +145,35 @@ PCD_TAU = 0.02
 _PCD_UNSCALED = U1 + (PCD_TAU - NASH_COS) * U2
 PCD_EXPECTED = N1 * _PCD_UNSCALED / np.linalg.norm(_PCD_UNSCALED)
 
+# GradVac (Wang et al. 2021, Eq. 3), first step: every target φ̂ starts at 0, so only negative cosines are
+# lifted, to exactly 0: g_i' = g_i - (⟨g_i, g_j⟩/‖g_j‖²) g_j, PCGrad's projection, and d is PCGrad's sum.
+GRADVAC_EXPECTED = PCGRAD_EXPECTED
+
+# MoDo (Chen et al. 2023, Eq. 2.9a), first step from λ = (½, ½), γ = ρ = 0.1:
+#   λ - γ(Mλ + ρλ) = (½, ½) - 0.1·((-2, 8) + (0.05, 0.05)) = (0.695, -0.305); its projection onto the simplex
+#   shifts both by (1 - 0.39)/2 = 0.305 and clips: λ = (1, 0), so d = g1.
+MODO_EXPECTED = G1
+
+
+def _sdmgrad_first_step() -> np.ndarray:
+    """SDMGrad (Xiao et al. 2023, Eq. 6) from w = (½, ½): 20 heavy-ball projected steps (η = 10, μ = 0.5) on
+    ½‖J(w + λw̃)‖² with M divided by the squared mean gradient norm, λ = 0.3, w̃ = (½, ½); for two tasks the
+    simplex projection of p is (a, 1 - a), a = clip((p1 - p2 + 1)/2, 0, 1)."""
+    matrix, w, velocity, target = GRAM / ((N1 + N2) / 2) ** 2, np.full(2, 0.5), np.zeros(2), 0.3 * np.full(2, 0.5)
+    for _ in range(20):
+        velocity = 0.5 * velocity + matrix @ (w + target)
+        point = w - 10.0 * velocity
+        first = np.clip((point[0] - point[1] + 1) / 2, 0.0, 1.0)
+        w = np.array([first, 1 - first])
+    return J.T @ ((w + target) / 1.3)
+
+
+SDMGRAD_EXPECTED = _sdmgrad_first_step()
+
 EXPECTED = {
+    "GradVac": (lambda level: GradVac(level=level, seed=0), GRADVAC_EXPECTED),
+    "SDMGrad": (lambda level: SDMGrad(level=level), SDMGRAD_EXPECTED),
+    "MoDo": (lambda level: MoDo(level=level), MODO_EXPECTED),
     "MGDA": (lambda level: MGDA(level=level), MGDA_EXPECTED),
     "PCGrad": (lambda level: PCGrad(level=level, seed=0), PCGRAD_EXPECTED),
     "CAGrad": (lambda level: CAGrad(c=C, level=level), CAGRAD_EXPECTED),
@@ -170,15 +207,20 @@ ORIGINAL_UPDATE = {
     "ConFIG": np.array([0.15880897580793973, 2.070606758062621, 2.0706067580626217]),
     "FairGrad": np.array([0.07658428838583509, 0.9985326351132684, 0.9985326351132684]),
     "PCD": np.array([-0.8200327513214063, 2.943428807255259, 2.943428807255259]),
+    # TorchJD's GradVac, SDMGradWeighting and MoDoWeighting: the same sums and simplex weights.
+    "GradVac": GRADVAC_EXPECTED,
+    "SDMGrad": SDMGRAD_EXPECTED,
+    "MoDo": MODO_EXPECTED,
 }
 RATIO_TO_ORIGINAL = {"MGDA": 1.0, "PCGrad": 1.0, "CAGrad": 0.5, "IMTLG": 1.0, "NashMTL": 1.0, "AlignedMTL": 1.0}
 RATIO_TO_ORIGINAL |= {"UPGrad": 1.0, "DualProj": 1.0, "ConFIG": 1.0, "FairGrad": 1.0, "PCD": 1.0}
 # How far the original's update may be from ours (its solver's own error; exact closed forms otherwise).
 ORIGINAL_TOLERANCE = {"UPGrad": 5e-4, "DualProj": 5e-4}
+RATIO_TO_ORIGINAL |= {"GradVac": 1.0, "SDMGrad": 1.0, "MoDo": 1.0}
 
 
 def layout() -> TaskLayout:
-    return TaskLayout({"a": kb.tasks.Regression(), "b": kb.tasks.Regression()}, 3)
+    return TaskLayout({"a": kb.tasks.Regression(), "b": kb.tasks.Regression()}, 3, parameter_count=3)
 
 
 def direction_for(aggregator: kb.interface.Aggregator, jacobian: np.ndarray = J) -> np.ndarray:
@@ -325,3 +367,27 @@ def test_nash_mtl_max_norm_is_saved_in_the_config():
         assert config["max_norm"] == max_norm
         assert NashMTL.from_config(config).max_norm == max_norm
     assert NashMTL().max_norm == 1.0
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_moco_first_step_hand_worked(level):
+    """MoCo (Fernando et al. 2023, Algorithm 1) from Y = 0, λ = (½, ½), β₁ = 0.5, γ₁ = 0.1, ρ = 0, unnormalized.
+    parameters: Y = ½J, λ = Π((½, ½) - 0.1·¼·(-2, 8)) = Π(0.55, 0.3) = (0.625, 0.375), d = Yᵀλ = (-0.125, 0.5, 0.5).
+    representation (tracks the Gram matrix, ½M, and combines this step's gradients):
+    λ = Π((½, ½) - 0.1·½·(-2, 8)) = Π(0.6, 0.1) = (0.75, 0.25), d = 0.75 g1 + 0.25 g2 = (-1.5, 1, 1)."""
+    expected = [-0.125, 0.5, 0.5] if level == "parameters" else [-1.5, 1.0, 1.0]
+    np.testing.assert_allclose(
+        direction_for(MoCo(loss_normalization=False, level=level)), expected, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_excess_mtl_first_step_is_the_average_and_graddrop_keeps_the_unanimous_coordinates():
+    """ExcessMTL divides the first step's excess risks by themselves (the paper's scale processing): uniform
+    weights, d = (g1 + g2)/2 = (1, 1, 1). (TorchJD applies the undivided estimates, ≈ (‖g1‖₁, ‖g2‖₁) = (6, 8), on the
+    first step: w ∝ (e⁶, e⁸), a different direction for that one step.)
+    GradDrop: coordinates 2 and 3 have one sign (purity 1) and are kept whole; coordinate 1 (-4 vs 6, purity 0.6)
+    keeps either the positive or the negative component: d = (6, 2, 2) or (-4, 2, 2). The sum, as TorchJD."""
+    for level in LEVELS:
+        np.testing.assert_allclose(direction_for(ExcessMTL(level=level)), [1.0, 1.0, 1.0], rtol=1e-6)
+        drawn = direction_for(GradDrop(level=level, seed=0))
+        assert drawn[0] in (6.0, -4.0) and np.allclose(drawn[1:], 2.0)

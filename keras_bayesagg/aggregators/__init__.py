@@ -11,18 +11,24 @@ from keras_bayesagg.aggregators.conflict_free import ConFIG
 from keras_bayesagg.aggregators.cr_mogm import CRMOGM
 from keras_bayesagg.aggregators.dual_proj import DualProj
 from keras_bayesagg.aggregators.dynamic_weight_average import DynamicWeightAverage
+from keras_bayesagg.aggregators.excess_mtl import ExcessMTL
 from keras_bayesagg.aggregators.fairgrad import FairGrad
 from keras_bayesagg.aggregators.famo import FAMO
+from keras_bayesagg.aggregators.graddrop import GradDrop
 from keras_bayesagg.aggregators.gradnorm import GradNorm
+from keras_bayesagg.aggregators.gradvac import GradVac
 from keras_bayesagg.aggregators.imtl_g import IMTLG
 from keras_bayesagg.aggregators.krum import Krum
 from keras_bayesagg.aggregators.linear_scalarization import LinearScalarization
 from keras_bayesagg.aggregators.mgda import MGDA
+from keras_bayesagg.aggregators.moco import MoCo
+from keras_bayesagg.aggregators.modo import MoDo
 from keras_bayesagg.aggregators.nash_mtl import NashMTL
 from keras_bayesagg.aggregators.pcd import PCD
 from keras_bayesagg.aggregators.pcgrad import PCGrad
 from keras_bayesagg.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_bayesagg.aggregators.scale_invariant import ScaleInvariant
+from keras_bayesagg.aggregators.sdmgrad import SDMGrad
 from keras_bayesagg.aggregators.trimmed_mean import TrimmedMean
 from keras_bayesagg.aggregators.uncertainty_weighting import UncertaintyWeighting
 from keras_bayesagg.aggregators.upgrad import UPGrad
@@ -36,18 +42,24 @@ __all__ = [
     "DualProj",
     "DynamicWeightAverage",
     "FairGrad",
+    "ExcessMTL",
     "FAMO",
+    "GradDrop",
     "GradNorm",
+    "GradVac",
     "IMTLG",
     "Krum",
     "LinearScalarization",
     "MGDA",
+    "MoCo",
+    "MoDo",
     "NashMTL",
     "PCD",
     "PCGrad",
     "RandomLossWeighting",
     "ScaleInvariant",
     "TrimmedMean",
+    "SDMGrad",
     "UncertaintyWeighting",
     "UPGrad",
 ]

@@ -27,6 +27,7 @@ from keras_bayesagg.aggregators.base import (
     AggregatorInputs,
     ParameterAggregation,
     RepresentationAggregation,
+    TaskLayout,
     _no_commit,
 )
 from keras_bayesagg.validation import one_of
@@ -108,3 +109,16 @@ class GradientCombination(Aggregator):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "level": self.level}
+
+
+def tracked_width(owner: GradientCombination, layout: TaskLayout) -> int:
+    """The width of per-coordinate state [K, width]: P at level="parameters", D (features of h, shared by the
+    rows of a batch, whose meaning changes every step) at level="representation"."""
+    if owner.level == "representation":
+        return layout.representation_dim
+    if layout.parameter_count <= 0:
+        raise ValueError(
+            f"{type(owner).__name__}(level='parameters') keeps state per trunk parameter and needs the layout's "
+            "parameter_count (the model sets it; hand-made TaskLayouts must pass it)."
+        )
+    return layout.parameter_count

@@ -80,6 +80,9 @@ class TaskLayout:
 
     tasks: dict[str, Task]
     representation_dim: int
+    # P, the length of `AggregatorInputs.parameter_gradients` (trunk trainable parameters); 0 when unknown
+    # (hand-made layouts). Methods that keep per-parameter state at level="parameters" size it with this.
+    parameter_count: int = 0
 
     @property
     def units(self) -> tuple[TaskUnit, ...]:

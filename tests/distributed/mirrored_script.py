@@ -25,14 +25,14 @@ mirrored = tf.distribute.MirroredStrategy(["cpu:0", "cpu:1"])
 one_device = tf.distribute.get_strategy()
 
 
-def check_equal(label, make, epochs=2, steps_per_execution=1, single=None):
+def check_equal(label, make, epochs=2, steps_per_execution=1, single=None, tolerance=TOLERANCE):
     """Train on both; `single`: one device's weights of the same run (steps_per_execution does not change them)."""
     if single is None:
         single = common.weights(common.trained(one_device, make, epochs=epochs))
     replicated = common.trained(mirrored, make, epochs=epochs, steps_per_execution=steps_per_execution)
     worst = common.worst_relative_difference(single, common.weights(replicated))
     print(f"{label}: worst relative difference {worst:.2e}", flush=True)
-    assert worst < TOLERANCE, (label, worst)
+    assert worst < tolerance, (label, worst)
     return replicated
 
 
@@ -62,6 +62,7 @@ if sys.argv[1] == "all":
         "LinearScalarization", "ScaleInvariant", "RandomLossWeighting", "DynamicWeightAverage",
         "UncertaintyWeighting", "FAMO", "GradNorm", "MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL",
         "UPGrad", "DualProj", "ConFIG", "FairGrad", "Krum", "TrimmedMean", "PCD",
+        "GradVac", "GradDrop", "SDMGrad", "MoDo", "MoCo", "ExcessMTL",
     ]  # fmt: skip
     makers = {name: getattr(kb.aggregators, name) for name in names}
     makers["CRMOGM(PCD())"] = lambda: kb.aggregators.CRMOGM(kb.aggregators.PCD())
@@ -70,8 +71,14 @@ if sys.argv[1] == "all":
 else:
     makers = {"MGDA": kb.aggregators.MGDA}  # a representation-level and (below) a parameter-level method
     makers["PCGrad(level='parameters')"] = lambda: kb.aggregators.PCGrad(level="parameters")
+if sys.argv[1] == "all":  # the stateful gradient methods (each ~30-70 s here: not in the fast run)
+    for name in ("GradVac", "GradDrop", "SDMGrad", "MoDo", "MoCo", "ExcessMTL"):
+        makers[f"{name}(level='parameters')"] = lambda name=name: getattr(kb.aggregators, name)(level="parameters")
+# SDMGrad's inner solver with the authors' step size (10) does not converge but cycles between simplex vertices,
+# so the float rounding of a differently ordered Gram sum grows over the steps (measured 3.8e-4 after 2 epochs).
+LOOSER = {"SDMGrad": 1e-3}
 for label, make in makers.items():
-    check_equal(label, make)
+    check_equal(label, make, tolerance=LOOSER.get(label, TOLERANCE))
 
 # A bad label on any replica skips the step everywhere: weights, Adam's slots and the iteration
 # counter stay exactly as they were.
