@@ -401,7 +401,7 @@ TRAINING = {
     "crmogm_parameters": lambda: CRMOGM(DualProj(level="parameters"), alpha=0.5),
     "config_parameters": lambda: ConFIG(level="parameters"),
     "fairgrad_parameters": lambda: FairGrad(level="parameters"),
-    "krum_parameters": lambda: Krum(level="parameters"),
+    "krum_parameters": lambda: Krum(n_selected=3, level="parameters"),
     "pcd_parameters": lambda: PCD(level="parameters"),
 }
 # One fast fit per level: this one (parameters) and `trained_wrapper` below (representation, CRMOGM(PCD)); every
@@ -422,7 +422,8 @@ def fit(make: Callable[[], Aggregator], jit_compile: bool = False, **options: An
 def test_trains_a_mixed_task_model(case):
     model, history = fit(TRAINING[case])
     losses = history.history["loss"]
-    assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
+    # Krum follows a few task gradients' average (K/m times shorter than the sum): it falls more slowly.
+    assert np.all(np.isfinite(losses)) and losses[-1] < (0.95 if case.startswith("krum") else 0.9) * losses[0]
     weights = model.aggregator.last_task_weights.numpy()
     assert weights.shape == (5,) and np.all(np.isfinite(weights))
 
