@@ -88,3 +88,27 @@ def one_of(owner: str, argument: str, value: Any, choices: Sequence[Any]) -> Any
     if not isinstance(value, str) or value not in choices:
         raise _fail(owner, argument, f"one of {tuple(choices)}", value)
     return value
+
+
+def optional_vector(owner: str, argument: str, value: Any, *, nonnegative: bool = False) -> tuple[float, ...] | None:
+    """None, or a non-empty sequence of finite numbers (>= 0 with a positive sum if `nonnegative`), as floats."""
+    if value is None:
+        return None
+    expectation = (
+        "None or a non-empty sequence of finite numbers >= 0 with a positive sum"
+        if nonnegative
+        else "None or a non-empty sequence of finite numbers"
+    )
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise _fail(owner, argument, expectation, value)
+    entries = list(value)
+    if not entries:
+        raise _fail(owner, argument, expectation, value)
+    numbers_ = []
+    for entry in entries:
+        if isinstance(entry, bool) or not isinstance(entry, numbers.Real) or not math.isfinite(float(entry)):
+            raise _fail(owner, argument, expectation, value)
+        numbers_.append(float(entry))
+    if nonnegative and (min(numbers_) < 0.0 or sum(numbers_) <= 0.0):
+        raise _fail(owner, argument, expectation, value)
+    return tuple(numbers_)
