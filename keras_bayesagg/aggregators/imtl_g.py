@@ -20,14 +20,21 @@ def imtl_g_weights(gram: tf.Tensor, ridge: float = 1e-12) -> tf.Tensor:
     matrix = trace_normalized(gram)
     size = tf.shape(matrix)[0]
     norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(matrix), 0.0))
+    # A unit with a zero gradient (no labels in the batch) has no direction: it gets α_k = 0 and no
+    # equation, and the projections are compared with the first unit that has one.
+    active = norms > 0
     # projections[k, l] = ⟨g_l, u_k⟩, so ⟨d, u_k⟩ = (projections @ α)_k
-    projections = matrix / tf.where(norms > 0, norms, tf.ones_like(norms))[:, None]
-    system = tf.concat([projections[1:] - projections[:1], tf.ones([1, size], matrix.dtype)], axis=0)
-    target = tf.one_hot(size - 1, size, dtype=matrix.dtype)
+    projections = matrix / tf.where(active, norms, tf.ones_like(norms))[:, None]
+    first = tf.one_hot(tf.argmax(tf.cast(active, tf.int32)), size, dtype=matrix.dtype)
+    differences = projections - tf.linalg.matvec(projections, first, transpose_a=True)[None, :]
+    differences = tf.where(active[:, None], differences, tf.eye(size, dtype=matrix.dtype))
+    system = tf.concat([differences, tf.ones([1, size], matrix.dtype)], axis=0)
+    target = tf.one_hot(size, size + 1, dtype=matrix.dtype)
     uniform = tf.fill([size], tf.constant(1.0, matrix.dtype) / tf.cast(size, matrix.dtype))
     normal = tf.matmul(system, system, transpose_a=True) + ridge * tf.eye(size, dtype=matrix.dtype)
     right = tf.linalg.matvec(system, target, transpose_a=True) + ridge * uniform
-    return tf.linalg.cholesky_solve(tf.linalg.cholesky(normal), right[:, None])[:, 0]
+    weights = tf.linalg.cholesky_solve(tf.linalg.cholesky(normal), right[:, None])[:, 0]
+    return tf.where(active, weights, tf.zeros_like(weights))
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
