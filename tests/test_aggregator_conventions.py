@@ -19,6 +19,8 @@ ours / original, which docs/aggregators.md ("Scale conventions") reports:
 | CAGrad     | (g0 + λ g_w)/(1 + c²)     | K·(g0 + λ g_w)/(1 + c²) (`rescale=1`, then ×K)  | 1/K = 0.5  |
 | Nash-MTL   | Σ α g clipped to norm 1   | same (`max_norm=1.0`)                           | 1          |
 | Aligned-MTL| Σ of aligned gradients    | same (`grads.sum(-1)` in the authors' balancer) | 1          |
+| IMTL       | Σ α e^s g, Σ α = 1 (s = 0)| same (LibMTL's IMTL: IMTL-G on e^s-scaled losses)| 1          |
+| DB-MTL     | Σ α_k g_k, α = max n̂/n̂_k  | Σ α_k ĝ_k, ĝ = vector average (1-β)g at step 1  | 10 (step 1)|
 
 Every direction is a positive multiple of the original's: cosine similarity 1.
 """
@@ -32,7 +34,18 @@ import pytest
 import tensorflow as tf
 
 import keras_bayesagg as kb
-from keras_bayesagg.aggregators import IMTLG, MGDA, AggregatorInputs, AlignedMTL, CAGrad, NashMTL, PCGrad, TaskLayout
+from keras_bayesagg.aggregators import (
+    DBMTL,
+    IMTL,
+    IMTLG,
+    MGDA,
+    AggregatorInputs,
+    AlignedMTL,
+    CAGrad,
+    NashMTL,
+    PCGrad,
+    TaskLayout,
+)
 from keras_bayesagg.aggregators.pcgrad import pcgrad_weights
 from tests.conftest import applied
 
@@ -93,6 +106,14 @@ _EIGENVECTORS = np.stack([np.array([22.0, 18.0 - lam]) / np.hypot(22.0, 18.0 - l
 ALIGNED_B = math.sqrt(_EIGENVALUES[0]) * (_EIGENVECTORS / np.sqrt(_EIGENVALUES)) @ _EIGENVECTORS.T
 ALIGNED_EXPECTED = J.T @ ALIGNED_B @ np.ones(2)
 
+# IMTL, the hybrid (Liu et al. 2021, Algorithm 1), with its log-scales at 0: e^0 g_k = g_k, so IMTL-G's d.
+IMTL_EXPECTED = IMTLG_EXPECTED
+
+# DB-MTL (Lin et al. 2023), first step, losses 1 (so ∇ log(L_k + ε) = g_k up to ε = 1e-8): the norm averages
+# are (1 - β)‖g_k‖, α_k = max_j ‖g_j‖ / ‖g_k‖ = (√38/√18, 1), so d = ‖g2‖ (u1 + u2) ≈ (1.07, 2.62, 2.62).
+# LibMTL combines its averaged *vectors* (1 - β) g_k instead: (1 - β) d, 1/10 of ours at step 1 (β = 0.9).
+DBMTL_EXPECTED = N2 * (U1 + U2)
+
 EXPECTED = {
     "MGDA": (lambda level: MGDA(level=level), MGDA_EXPECTED),
     "PCGrad": (lambda level: PCGrad(level=level, seed=0), PCGRAD_EXPECTED),
@@ -100,6 +121,8 @@ EXPECTED = {
     "IMTLG": (lambda level: IMTLG(level=level), IMTLG_EXPECTED),
     "NashMTL": (lambda level: NashMTL(level=level), NASH_EXPECTED),
     "AlignedMTL": (lambda level: AlignedMTL(level=level), ALIGNED_EXPECTED),
+    "IMTL": (lambda level: IMTL(level=level), IMTL_EXPECTED),
+    "DBMTL": (lambda level: DBMTL(level=level), DBMTL_EXPECTED),
 }
 
 # The original code's update for the same J, and ours / original (see the module docstring).
@@ -115,8 +138,21 @@ ORIGINAL_UPDATE = {
     "NashMTL": NASH_EXPECTED,
     # AlignedMTLBalancer: Ĝ summed over tasks.
     "AlignedMTL": ALIGNED_EXPECTED,
+    # LibMTL's IMTL: IMTL-G's α on the gradients of e^s L - s.
+    "IMTL": IMTL_EXPECTED,
+    # LibMTL's DB_MTL: Σ α_k ĝ_k with the vector averages ĝ_k = (1 - β) g_k after one step.
+    "DBMTL": (1 - 0.9) * DBMTL_EXPECTED,
 }
-RATIO_TO_ORIGINAL = {"MGDA": 1.0, "PCGrad": 1.0, "CAGrad": 0.5, "IMTLG": 1.0, "NashMTL": 1.0, "AlignedMTL": 1.0}
+RATIO_TO_ORIGINAL = {
+    "MGDA": 1.0,
+    "PCGrad": 1.0,
+    "CAGrad": 0.5,
+    "IMTLG": 1.0,
+    "NashMTL": 1.0,
+    "AlignedMTL": 1.0,
+    "IMTL": 1.0,
+    "DBMTL": 10.0,
+}
 
 
 def layout() -> TaskLayout:
@@ -130,7 +166,7 @@ def direction_for(aggregator: kb.aggregators.Aggregator, jacobian: np.ndarray = 
     representation = aggregator.level == "representation"
     result = aggregator.aggregate(
         AggregatorInputs(
-            losses=tf.zeros([2]),
+            losses=tf.ones([2]),  # DB-MTL's log losses: ∇ log L = ∇L at L = 1
             representation=tf.zeros([1, 3]),
             # One sample: the per-sample gradients [1, K, D] are the task gradients themselves.
             task_gradients=gradients[None] if representation else None,

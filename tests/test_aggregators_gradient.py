@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import (
+    DBMTL,
+    IMTL,
     IMTLG,
     MGDA,
     AggregatorInputs,
@@ -38,6 +40,8 @@ FACTORIES: dict[str, Callable[..., kb.aggregators.Aggregator]] = {
     "imtlg": IMTLG,
     "nash": functools.partial(NashMTL, max_norm=None),  # the properties below are of the unclipped direction
     "aligned": AlignedMTL,
+    "imtl": IMTL,  # log-scales at 0: IMTL-G's direction
+    "dbmtl": functools.partial(DBMTL, beta=0.0),  # no memory: the properties of one step's balancing
 }
 # The direction a method gives for K identical gradients g, as a multiple of g.
 IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
@@ -47,6 +51,8 @@ IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
     "pcgrad": lambda k: float(k),  # the sum: nothing conflicts
     "nash": lambda k: float(k),
     "aligned": lambda k: float(k),
+    "imtl": lambda k: 1.0,
+    "dbmtl": lambda k: float(k),  # losses 1: the log-loss gradients are the gradients, all already the largest
 }
 
 settings.register_profile("gradient_aggregators", max_examples=20, deadline=None, derandomize=True)
@@ -68,7 +74,7 @@ def compiled(name: str, num_tasks: int, level: str = "representation", dim: int 
         result = applied(
             aggregator,
             AggregatorInputs(
-                losses=tf.zeros([num_tasks]),
+                losses=tf.ones([num_tasks]),  # DB-MTL's log losses: ∇ log L = ∇L at L = 1
                 representation=tf.zeros([BATCH, dim]),
                 task_gradients=gradients if representation else None,
                 parameter_gradients=None if representation else gradients,
@@ -124,7 +130,7 @@ def test_outputs_are_finite_with_the_right_shapes(name, gradients):
     np.testing.assert_allclose(direction, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad"])
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad", "imtl", "dbmtl"])
 @settings(settings.get_profile("gradient_aggregators"))
 @given(gradients=gradient_draws, permutation_seed=st.integers(0, 100))
 def test_permuting_the_tasks_changes_nothing(name, gradients, permutation_seed):
@@ -397,6 +403,10 @@ TRAINING_CASES = {
     "aligned": lambda: AlignedMTL(),
     "mgda_parameters": lambda: MGDA(level="parameters"),
     "nash_parameters": lambda: NashMTL(level="parameters"),
+    "imtl": lambda: IMTL(),
+    "imtl_parameters": lambda: IMTL(level="parameters"),
+    "dbmtl": lambda: DBMTL(),
+    "dbmtl_parameters": lambda: DBMTL(level="parameters"),
 }
 
 
@@ -420,7 +430,9 @@ def test_trains_a_mixed_task_model_with_finite_falling_loss(case, jit_compile):
     assert weights.shape == (5,) and np.all(np.isfinite(weights))
 
 
-@pytest.mark.parametrize("case", ["mgda", "pcgrad", "cagrad", "imtlg", "nash", "aligned", "nash_parameters"])
+@pytest.mark.parametrize(
+    "case", ["mgda", "pcgrad", "cagrad", "imtlg", "nash", "aligned", "nash_parameters", "imtl", "dbmtl_parameters"]
+)
 def test_keras_round_trip_keeps_the_aggregator(case, tmp_path):
     model = make_mixed_model()
     model.compile(optimizer="adam", aggregator=TRAINING_CASES[case]())

@@ -22,7 +22,7 @@ class DBMTL(GradientCombination):
        ∇L_k / (L_k + ε) (the heads train on Σ_k log(L_k + ε) too).
     2. Gradient-magnitude balancing: with n̂_k an exponential moving average of ‖g_k‖
        (n̂ ← β_t n̂ + (1 - β_t)‖g_k‖, β_t = β / t^σ at step t, from n̂ = 0), the update is
-       d = Σ_k α_k g_k with α_k = max_j n̂_j / (n̂_k + 1e-8): every unit's log-loss gradient is
+       d = Σ_k α_k g_k with α_k = max_j n̂_j / n̂_k: every unit's log-loss gradient is
        brought to the size of the largest one.
 
     The paper (Alg. 1) and LibMTL's `DB_MTL` average the gradient *vectors* ĝ_k and combine those
@@ -66,7 +66,8 @@ class DBMTL(GradientCombination):
         beta = self.beta / tf.pow(step, self.beta_decay)
         previous = tf.convert_to_tensor(self.norm_averages)
         averages = tf.where(norms > 0.0, norms + beta * (previous - norms), previous)
-        weights = tf.reduce_max(averages) / (averages + 1e-8)
+        # LibMTL divides by n̂_k + 1e-8, which is not scale-free for tiny gradients; a unit never seen gets 0.
+        weights = tf.where(averages > 0.0, tf.reduce_max(averages) / tf.where(averages > 0.0, averages, 1.0), 0.0)
 
         def commit() -> None:
             self.norm_averages.assign(averages)

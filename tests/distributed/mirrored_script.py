@@ -61,9 +61,10 @@ if sys.argv[1] == "all":
     names = [
         "LinearScalarization", "ScaleInvariant", "RandomLossWeighting", "DynamicWeightAverage",
         "UncertaintyWeighting", "FAMO", "GradNorm", "MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL",
+        "GeometricLoss", "IMTLL", "STCH", "COSMOS", "PBI", "IMTL", "DBMTL",
     ]  # fmt: skip
     makers = {name: getattr(kb.aggregators, name) for name in names}
-    for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL"):
+    for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL", "IMTL", "DBMTL"):
         makers[f"{name}(level='parameters')"] = lambda name=name: getattr(kb.aggregators, name)(level="parameters")
 else:
     makers = {"MGDA": kb.aggregators.MGDA}  # a representation-level and (below) a parameter-level method
