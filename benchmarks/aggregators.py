@@ -47,7 +47,7 @@ TASKS = "reg:1,mc:2,mc:5"  # UTKFace heads: age, gender, ethnicity
 # Defaults that would not time the method itself.
 CONSTRUCTOR_OVERRIDES: dict[str, dict[str, Any]] = {"BayesAgg": {"warmup_epochs": 0}}
 # Extra rows: the per-task trunk-gradient variants of the gradient methods.
-PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL")
+PARAMETER_LEVEL = ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL", "IMTL", "DBMTL")
 
 
 @dataclasses.dataclass
@@ -114,10 +114,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row and round")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds over all rows")
     parser.add_argument("--modes", default="graph", help="comma-separated: graph (tf.function), xla (jit_compile=True)")
+    parser.add_argument("--only", default="", help="comma-separated class names to time (with LinearScalarization)")
     arguments = parser.parse_args()
     modes = [mode.strip() for mode in arguments.modes.split(",") if mode.strip()]
     dataset = workload()
     rows = discover_rows()
+    if arguments.only:
+        wanted = {"LinearScalarization", *(name.strip() for name in arguments.only.split(","))}
+        rows = [row for row in rows if row.label.split("(")[0] in wanted]
 
     for row in rows:
         for mode in modes:
