@@ -16,6 +16,7 @@ def imtl_g_weights(gram: tf.Tensor, ridge: float = 1e-12) -> tf.Tensor:
     solves the K linear equations ⟨d, u_k⟩ = ⟨d, u_1⟩ (k ≥ 2), Σ α = 1. They are written here
     with the Gram matrix and solved as a ridge-regularized least-squares problem pulled towards
     uniform weights, which picks the average when the system is singular (identical gradients).
+    A unit with a zero gradient (no labels in the batch) gets α_k = 0.
     """
     matrix = trace_normalized(gram)
     size = tf.shape(matrix)[0]
@@ -44,7 +45,8 @@ class IMTLG(GradientCombination):
     d = Σ_k α_k g_k with Σ_k α_k = 1 and ⟨d, u_1⟩ = … = ⟨d, u_K⟩, u_k = g_k/‖g_k‖ (paper
     Eq. 6-7), so no task dominates the update through a larger gradient. α sums to 1: d is on
     the scale of the average gradient. The paper computes it w.r.t. the shared features, the
-    default level here. `task_weights` are α. (IMTL-L, the loss-scaling part, is not included.)
+    default level here. `task_weights` are α. IMTL-L, the loss-scaling part, is `IMTLL`; both
+    together are `IMTL`.
 
     Args:
         level: "representation" (default) or "parameters" (see `_gradient_methods`).
