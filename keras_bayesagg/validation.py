@@ -168,3 +168,27 @@ def check_numeric_labels(task_names: Sequence[str], y: Any, where: str = "The la
                 "numbers: class indices 0..C-1 for a Multiclass head, 0/1 for Binary, real values for Regression. "
                 "Map the strings to numbers first (e.g. with keras.layers.StringLookup or pandas.factorize)."
             )
+
+
+def optional_vector(owner: str, argument: str, value: Any, *, nonnegative: bool = False) -> tuple[float, ...] | None:
+    """None, or a non-empty sequence of finite numbers (>= 0 with a positive sum if `nonnegative`), as floats."""
+    if value is None:
+        return None
+    expectation = (
+        "None or a non-empty sequence of finite numbers >= 0 with a positive sum"
+        if nonnegative
+        else "None or a non-empty sequence of finite numbers"
+    )
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise _fail(owner, argument, expectation, value)
+    entries = list(value)
+    if not entries:
+        raise _fail(owner, argument, expectation, value)
+    numbers_ = []
+    for entry in entries:
+        if isinstance(entry, bool) or not isinstance(entry, numbers.Real) or not math.isfinite(float(entry)):
+            raise _fail(owner, argument, expectation, value)
+        numbers_.append(float(entry))
+    if nonnegative and (min(numbers_) < 0.0 or sum(numbers_) <= 0.0):
+        raise _fail(owner, argument, expectation, value)
+    return tuple(numbers_)

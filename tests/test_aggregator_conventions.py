@@ -27,6 +27,8 @@ ours / original, which docs/aggregators.md ("Scale conventions") reports:
 | GradVac    | Σ_i g_i' (= PCGrad's at first) | same (TorchJD `GradVac`)                   | 1          |
 | SDMGrad    | J(w + λw̃)/(1 + λ)         | same (TorchJD `SDMGradWeighting`)               | 1          |
 | MoDo       | Jλ, λ on the simplex      | same (TorchJD `MoDoWeighting`)                  | 1          |
+| IMTL       | Σ α e^s g, Σ α = 1 (s = 0)| same (LibMTL's IMTL: IMTL-G on e^s-scaled losses)| 1          |
+| DB-MTL     | Σ α_k g_k, α = max n̂/n̂_k  | Σ α_k ĝ_k, ĝ = vector average (1-β)g at step 1  | 10 (step 1)|
 
 Every direction is a positive multiple of the original's: cosine similarity 1.
 """
@@ -41,6 +43,8 @@ import tensorflow as tf
 
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import (
+    DBMTL,
+    IMTL,
     IMTLG,
     MGDA,
     PCD,
@@ -169,6 +173,13 @@ def _sdmgrad_first_step() -> np.ndarray:
 
 
 SDMGRAD_EXPECTED = _sdmgrad_first_step()
+# IMTL, the hybrid (Liu et al. 2021, Algorithm 1), with its log-scales at 0: e^0 g_k = g_k, so IMTL-G's d.
+IMTL_EXPECTED = IMTLG_EXPECTED
+
+# DB-MTL (Lin et al. 2023), first step, losses 1 (so ∇ log(L_k + ε) = g_k up to ε = 1e-8): the norm averages
+# are (1 - β)‖g_k‖, α_k = max_j ‖g_j‖ / ‖g_k‖ = (√38/√18, 1), so d = ‖g2‖ (u1 + u2) ≈ (1.07, 2.62, 2.62).
+# LibMTL combines its averaged *vectors* (1 - β) g_k instead: (1 - β) d, 1/10 of ours at step 1 (β = 0.9).
+DBMTL_EXPECTED = N2 * (U1 + U2)
 
 EXPECTED = {
     "GradVac": (lambda level: GradVac(level=level, seed=0), GRADVAC_EXPECTED),
@@ -185,6 +196,8 @@ EXPECTED = {
     "ConFIG": (lambda level: ConFIG(level=level), CONFIG_EXPECTED),
     "FairGrad": (lambda level: FairGrad(alpha=1.0, level=level), FAIRGRAD_EXPECTED),
     "PCD": (lambda level: PCD(tau=PCD_TAU, level=level), PCD_EXPECTED),
+    "IMTL": (lambda level: IMTL(level=level), IMTL_EXPECTED),
+    "DBMTL": (lambda level: DBMTL(level=level), DBMTL_EXPECTED),
 }
 
 # The original code's update for the same J, and ours / original (see the module docstring).
@@ -211,12 +224,17 @@ ORIGINAL_UPDATE = {
     "GradVac": GRADVAC_EXPECTED,
     "SDMGrad": SDMGRAD_EXPECTED,
     "MoDo": MODO_EXPECTED,
+    # LibMTL's IMTL: IMTL-G's α on the gradients of e^s L - s.
+    "IMTL": IMTL_EXPECTED,
+    # LibMTL's DB_MTL: Σ α_k ĝ_k with the vector averages ĝ_k = (1 - β) g_k after one step.
+    "DBMTL": (1 - 0.9) * DBMTL_EXPECTED,
 }
 RATIO_TO_ORIGINAL = {"MGDA": 1.0, "PCGrad": 1.0, "CAGrad": 0.5, "IMTLG": 1.0, "NashMTL": 1.0, "AlignedMTL": 1.0}
 RATIO_TO_ORIGINAL |= {"UPGrad": 1.0, "DualProj": 1.0, "ConFIG": 1.0, "FairGrad": 1.0, "PCD": 1.0}
 # How far the original's update may be from ours (its solver's own error; exact closed forms otherwise).
 ORIGINAL_TOLERANCE = {"UPGrad": 5e-4, "DualProj": 5e-4}
 RATIO_TO_ORIGINAL |= {"GradVac": 1.0, "SDMGrad": 1.0, "MoDo": 1.0}
+RATIO_TO_ORIGINAL |= {"IMTL": 1.0, "DBMTL": 10.0}
 
 
 def layout() -> TaskLayout:
@@ -230,7 +248,7 @@ def direction_for(aggregator: kb.interface.Aggregator, jacobian: np.ndarray = J)
     representation = aggregator.level == "representation"
     result = aggregator.aggregate(
         AggregatorInputs(
-            losses=tf.zeros([2]),
+            losses=tf.ones([2]),  # DB-MTL's log losses: ∇ log L = ∇L at L = 1
             representation=tf.zeros([1, 3]),
             # One sample: the per-sample gradients [1, K, D] are the task gradients themselves.
             task_gradients=gradients[None] if representation else None,

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import (
+    DBMTL,
+    IMTL,
     IMTLG,
     MGDA,
     AlignedMTL,
@@ -55,6 +57,8 @@ FACTORIES: dict[str, Callable[..., kb.interface.Aggregator]] = {
     "modo": MoDo,
     "moco": functools.partial(MoCo, loss_normalization=False),  # the harness's losses are 0
     "excess_mtl": ExcessMTL,
+    "imtl": IMTL,  # log-scales at 0: IMTL-G's direction
+    "dbmtl": functools.partial(DBMTL, beta=0.0),  # no memory: the properties of one step's balancing
 }
 # Keep state across steps (one `compiled` instance serves many draws): no same-input comparisons across instances.
 STATEFUL = {"gradvac", "sdmgrad", "modo", "moco", "excess_mtl"}
@@ -75,6 +79,8 @@ IDENTICAL_GRADIENTS_FACTOR: dict[str, Callable[[int], float]] = {
     "modo": lambda k: 1.0,
     "moco": lambda k: 1.0,
     "excess_mtl": lambda k: 1.0,
+    "imtl": lambda k: 1.0,
+    "dbmtl": lambda k: float(k),  # losses 1: the log-loss gradients are the gradients, all already the largest
 }
 
 settings.register_profile("gradient_aggregators", max_examples=20, deadline=None, derandomize=True)
@@ -96,7 +102,7 @@ def compiled(name: str, num_tasks: int, level: str = "representation", dim: int 
         result = applied(
             aggregator,
             AggregatorInputs(
-                losses=tf.zeros([num_tasks]),
+                losses=tf.ones([num_tasks]),  # DB-MTL's log losses: ∇ log L = ∇L at L = 1
                 representation=tf.zeros([BATCH, dim]),
                 task_gradients=gradients if representation else None,
                 parameter_gradients=None if representation else gradients,
@@ -153,7 +159,21 @@ def test_outputs_are_finite_with_the_right_shapes(name, gradients):
 
 
 @pytest.mark.parametrize(
-    "name", ["mgda", "cagrad", "imtlg", "nash", "aligned", "pcgrad", "upgrad", "dualproj", "config", "fairgrad"]
+    "name",
+    [
+        "mgda",
+        "cagrad",
+        "imtlg",
+        "nash",
+        "aligned",
+        "pcgrad",
+        "upgrad",
+        "dualproj",
+        "config",
+        "fairgrad",
+        "imtl",
+        "dbmtl",
+    ],
 )
 @settings(settings.get_profile("gradient_aggregators"))
 @given(gradients=gradient_draws, permutation_seed=st.integers(0, 100))
@@ -427,6 +447,10 @@ TRAINING_CASES = {
     "aligned": lambda: AlignedMTL(),
     "mgda_parameters": lambda: MGDA(level="parameters"),
     "nash_parameters": lambda: NashMTL(level="parameters"),
+    "imtl": lambda: IMTL(),
+    "imtl_parameters": lambda: IMTL(level="parameters"),
+    "dbmtl": lambda: DBMTL(),
+    "dbmtl_parameters": lambda: DBMTL(level="parameters"),
 }
 
 
@@ -450,7 +474,9 @@ def test_trains_a_mixed_task_model_with_finite_falling_loss(case, jit_compile):
     assert weights.shape == (5,) and np.all(np.isfinite(weights))
 
 
-@pytest.mark.parametrize("case", ["mgda", "pcgrad", "cagrad", "imtlg", "nash", "aligned", "nash_parameters"])
+@pytest.mark.parametrize(
+    "case", ["mgda", "pcgrad", "cagrad", "imtlg", "nash", "aligned", "nash_parameters", "imtl", "dbmtl_parameters"]
+)
 def test_keras_round_trip_keeps_the_aggregator(case, tmp_path):
     model = make_mixed_model()
     model.compile(optimizer="adam", aggregator=TRAINING_CASES[case]())

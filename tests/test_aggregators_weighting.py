@@ -15,8 +15,13 @@ from hypothesis import strategies as st
 
 import keras_bayesagg as kb
 from keras_bayesagg.aggregators import (
+    COSMOS,
     FAMO,
+    IMTLL,
+    PBI,
+    STCH,
     DynamicWeightAverage,
+    GeometricLoss,
     GradNorm,
     RandomLossWeighting,
     ScaleInvariant,
@@ -36,6 +41,11 @@ FACTORIES: dict[str, Callable[[], kb.interface.Aggregator]] = {
     "uncertainty_log1p": lambda: UncertaintyWeighting("log1p"),
     "famo": lambda: FAMO(),
     "gradnorm": lambda: GradNorm(),
+    "geometric_loss": lambda: GeometricLoss(),
+    "imtll": lambda: IMTLL(),
+    "stch": lambda: STCH(mu=0.5),
+    "cosmos": lambda: COSMOS(),
+    "pbi": lambda: PBI(),
 }
 # Methods whose weights depend only on the losses (and task gradients), not on task kinds or draws.
 SYMMETRIC = [
@@ -46,6 +56,11 @@ SYMMETRIC = [
     "uncertainty_log1p",
     "famo",
     "gradnorm",
+    "geometric_loss",
+    "imtll",
+    "stch",
+    "cosmos",
+    "pbi",
 ]
 
 loss_scales = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -332,7 +347,13 @@ def test_uncertainty_weighting_learns_its_log_variances() -> None:
     assert np.all(log_variances.numpy() != 0.0)
 
 
-@pytest.mark.parametrize("method", list(FACTORIES))
+# Stateless methods whose config has only numbers: their round trip runs in `make test-slow`.
+SLOW_ROUND_TRIP = {"geometric_loss", "cosmos", "pbi"}
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow if m in SLOW_ROUND_TRIP else ()) for m in FACTORIES]
+)
 def test_keras_round_trip_restores_config_and_state(method: str, tmp_path) -> None:
     model = make_mixed_model()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), aggregator=FACTORIES[method]())

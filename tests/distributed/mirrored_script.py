@@ -63,10 +63,23 @@ if sys.argv[1] == "all":
         "UncertaintyWeighting", "FAMO", "GradNorm", "MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL",
         "UPGrad", "DualProj", "ConFIG", "FairGrad", "Krum", "TrimmedMean", "PCD",
         "GradVac", "GradDrop", "SDMGrad", "MoDo", "MoCo", "ExcessMTL",
+        "GeometricLoss", "IMTLL", "STCH", "COSMOS", "PBI", "IMTL", "DBMTL",
     ]  # fmt: skip
     makers = {name: getattr(kb.aggregators, name) for name in names}
     makers["CRMOGM(PCD())"] = lambda: kb.aggregators.CRMOGM(kb.aggregators.PCD())
-    for name in ("MGDA", "PCGrad", "CAGrad", "IMTLG", "NashMTL", "AlignedMTL", "UPGrad", "TrimmedMean", "PCD"):
+    for name in (
+        "MGDA",
+        "PCGrad",
+        "CAGrad",
+        "IMTLG",
+        "NashMTL",
+        "AlignedMTL",
+        "UPGrad",
+        "TrimmedMean",
+        "PCD",
+        "IMTL",
+        "DBMTL",
+    ):
         makers[f"{name}(level='parameters')"] = lambda name=name: getattr(kb.aggregators, name)(level="parameters")
 else:
     makers = {"MGDA": kb.aggregators.MGDA}  # a representation-level and (below) a parameter-level method
