@@ -264,6 +264,8 @@ class MultiTaskModel(keras.Model):
     ) -> Any:
         """Keras's `fit`; `class_weight={task: {class: weight}}` per Multiclass / Binary task (docs/contract.md)."""
         sample_weights.use_class_weight(self, class_weight)  # applied in train_step, not by Keras (multi-output)
+        if "sample_weight" in kwargs:
+            kwargs["sample_weight"] = sample_weights.completed(self.task_specs, kwargs["sample_weight"])
         if not self.built and building.input_spec_of(x) is not None:
             building.build_symbolically(self, building.input_spec_of(x))
         spec = label_checks.validation_label_spec(validation_data)
@@ -273,6 +275,8 @@ class MultiTaskModel(keras.Model):
         return super().fit(x, *args, callbacks=callbacks, validation_data=validation_data, **kwargs)
 
     def evaluate(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+        if "sample_weight" in kwargs:
+            kwargs["sample_weight"] = sample_weights.completed(self.task_specs, kwargs["sample_weight"])
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )

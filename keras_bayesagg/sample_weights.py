@@ -18,6 +18,7 @@ import numbers
 from typing import Any, Mapping
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_bayesagg.engine.faults import Fault
@@ -162,6 +163,18 @@ def weighted_presence(
         )
         start = stop
     return weights * tf.where(valid, given, tf.zeros_like(given)), faults
+
+
+def completed(tasks: Mapping[str, Task], sample_weight: Any) -> Any:
+    """A dict of array weights with every task (ones for those left out), as Keras's array adapter wants one
+    entry per output; anything else unchanged."""
+    if not isinstance(sample_weight, Mapping) or all(name in sample_weight for name in tasks):
+        return sample_weight
+    given = [value for value in sample_weight.values() if value is not None and hasattr(value, "shape")]
+    if not given or not all(len(value.shape) >= 1 for value in given):
+        return sample_weight
+    ones = np.ones(int(given[0].shape[0]), np.float32)
+    return {**{name: ones for name in tasks}, **sample_weight}
 
 
 def use_class_weight(model: keras.Model, class_weight: Any) -> None:
