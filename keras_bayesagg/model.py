@@ -253,19 +253,9 @@ class MultiTaskModel(keras.Model):
             self._compiled_parts.faults.raise_if_any()
 
     # ------------------------------------------------------------------ fit / evaluate
-    def fit(
-        self,
-        x: Any = None,
-        *args: Any,
-        callbacks: Any = None,
-        validation_data: Any = None,
-        class_weight: Mapping[str, Mapping[int, float]] | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def fit(self, x: Any = None, *args: Any, callbacks: Any = None, validation_data: Any = None, **kwargs: Any) -> Any:
         """Keras's `fit`; `class_weight={task: {class: weight}}` per Multiclass / Binary task (docs/contract.md)."""
-        sample_weights.use_class_weight(self, class_weight)  # applied in train_step, not by Keras (multi-output)
-        if "sample_weight" in kwargs:
-            kwargs["sample_weight"] = sample_weights.completed(self.task_specs, kwargs["sample_weight"])
+        kwargs, validation_data = sample_weights.fit_arguments(self, validation_data, kwargs)
         if not self.built and building.input_spec_of(x) is not None:
             building.build_symbolically(self, building.input_spec_of(x))
         spec = label_checks.validation_label_spec(validation_data)
@@ -275,8 +265,7 @@ class MultiTaskModel(keras.Model):
         return super().fit(x, *args, callbacks=callbacks, validation_data=validation_data, **kwargs)
 
     def evaluate(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
-        if "sample_weight" in kwargs:
-            kwargs["sample_weight"] = sample_weights.completed(self.task_specs, kwargs["sample_weight"])
+        kwargs = sample_weights.keras_arguments(self.task_specs, kwargs)
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )

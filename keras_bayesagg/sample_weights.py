@@ -177,6 +177,23 @@ def completed(tasks: Mapping[str, Task], sample_weight: Any) -> Any:
     return {**{name: ones for name in tasks}, **sample_weight}
 
 
+def keras_arguments(tasks: Mapping[str, Task], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`fit` / `evaluate` keyword arguments with a partial `sample_weight` dict `completed`."""
+    if kwargs.get("sample_weight") is None:
+        return kwargs
+    return {**kwargs, "sample_weight": completed(tasks, kwargs["sample_weight"])}
+
+
+def fit_arguments(model: keras.Model, validation_data: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(Keras's `fit` keyword arguments, `validation_data`) with sample weight dicts completed; `class_weight` is
+    taken out and kept for the train step (`use_class_weight`), since Keras refuses it for multi-output models."""
+    kwargs = dict(kwargs)
+    use_class_weight(model, kwargs.pop("class_weight", None))
+    if isinstance(validation_data, tuple) and len(validation_data) == 3:
+        validation_data = (*validation_data[:2], completed(model.task_specs, validation_data[2]))
+    return keras_arguments(model.task_specs, kwargs), validation_data
+
+
 def use_class_weight(model: keras.Model, class_weight: Any) -> None:
     """Keep `class_weight` (checked) for this `fit`'s train steps; a change retraces the train function."""
     canonical = check_class_weight(model.task_specs, class_weight)
