@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg import building, serving, validation
+from keras_bayesagg import building, sample_weights, serving, validation
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
@@ -135,25 +135,28 @@ class MultiTaskModel(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
 
     # ------------------------------------------------------------------ steps
-    def _unpack_batch(self, data: Any) -> tuple[Any, dict[str, tf.Tensor]]:
-        """(x, canonical labels) of a batch, building the model on first use."""
+    def _unpack_batch(self, data: Any, training: bool = False) -> tuple[Any, dict, dict, tf.Tensor, list]:
+        """(x, canonical labels, the labels with missing entries filled, weights w [B, K], weight faults) of a
+        batch, building the model on first use. w is the presence mask times the sample (and, in training, class) weights."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not self.built:
             building.build_symbolically(
                 self, keras.tree.map_structure(lambda t: building.InputSpec(tuple(t.shape), t.dtype), x)
             )
-        if sample_weight is not None:
-            raise ValueError(
-                "MultiTaskModel does not support sample_weight / class_weight yet; weigh tasks with an aggregator."
-            )
-        return x, label_checks.prepare_labels(self.task_specs, y)
+        labels = label_checks.prepare_labels(self.task_specs, y)
+        # --- sample and class weights (keras_bayesagg/sample_weights.py)
+        present, filled = label_checks.present_and_filled(self.task_specs, labels)
+        class_weights = sample_weights.class_weights_of(self) if training else ()
+        present, weight_faults = sample_weights.weighted_presence(
+            self.task_specs, present, filled, sample_weight, class_weights
+        )
+        return x, labels, filled, present, weight_faults
 
     def _regularization(self) -> tf.Tensor | None:
         return tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses]) if self.losses else None
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        x, labels = self._unpack_batch(data)
-        present, filled = label_checks.present_and_filled(self.task_specs, labels)
+        x, labels, filled, present, weight_faults = self._unpack_batch(data, training=True)
         aggregator, tasks = self.aggregator, self.task_specs
         trunk_variables = list(self.trunk.trainable_variables)
         other_variables = [v for head in self.heads.values() for v in head.trainable_variables]
@@ -176,7 +179,7 @@ class MultiTaskModel(keras.Model):
             objectives = gradients.scaled_objectives(aggregation, self._regularization(), scale)
         grads = gradients.route(aggregation, tape, h, *objectives, trunk_variables, other_variables, scale)
         del tape
-        sound = self._record_faults(labels, h32, per_sample, aggregation.faults, grads)
+        sound = self._record_faults(labels, h32, per_sample, (*weight_faults, *aggregation.faults), grads)
         variables = trunk_variables + other_variables
         apply_if(
             sound,
@@ -218,12 +221,11 @@ class MultiTaskModel(keras.Model):
         return global_batch.logs_for_reduction(self.distribute_strategy, self.get_metrics_result())
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-        x, labels = self._unpack_batch(data)
-        present, filled = label_checks.present_and_filled(self.task_specs, labels)
+        x, labels, filled, present, weight_faults = self._unpack_batch(data)
         h32 = tf.cast(self._representation(x, training=False), tf.float32)
         logits = self._logits(h32)
         per_sample = gradients.per_sample_unit_losses(self.task_specs, filled, logits, present)
-        sound = self._record_faults(labels, h32, per_sample)
+        sound = self._record_faults(labels, h32, per_sample, weight_faults)
         return self._update_metrics(sound, x, filled, logits, per_sample, present)
 
     # ------------------------------------------------------------------ hooks (fit calls them; custom loops too)
@@ -253,6 +255,8 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------------ fit / evaluate
     def fit(self, x: Any = None, *args: Any, callbacks: Any = None, validation_data: Any = None, **kwargs: Any) -> Any:
+        """Keras's `fit`; `class_weight={task: {class: weight}}` per Multiclass / Binary task (docs/contract.md)."""
+        kwargs, validation_data = sample_weights.fit_arguments(self, validation_data, kwargs)
         if not self.built and building.input_spec_of(x) is not None:
             building.build_symbolically(self, building.input_spec_of(x))
         validation.check_numeric_labels(list(self.task_specs), kwargs.get("y", args[0] if args else None))
@@ -268,6 +272,7 @@ class MultiTaskModel(keras.Model):
 
     def evaluate(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
         validation.check_numeric_labels(list(self.task_specs), kwargs.get("y", args[1] if len(args) > 1 else None))
+        kwargs = sample_weights.keras_arguments(self.task_specs, kwargs)
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )

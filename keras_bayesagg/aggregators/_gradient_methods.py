@@ -40,6 +40,13 @@ def representation_gram(loss_gradients: tf.Tensor) -> tf.Tensor:
     return tf.einsum("bkd,bld->kl", loss_gradients, loss_gradients)
 
 
+def repetition_scale(inputs: AggregatorInputs) -> tf.Tensor:
+    """1/√ω_i [B, 1] with ω_i = max_k w_ik: a row of weight ω stands for ω copies, so inner products and norms over
+    the batch weigh it by ω (its rows of G already hold one factor w); 0 for rows of weight 0 (their G is 0)."""
+    multiplicity = tf.reduce_max(inputs.presence(), axis=1, keepdims=True)
+    return tf.where(multiplicity > 0.0, 1.0 / tf.sqrt(tf.where(multiplicity > 0.0, multiplicity, 1.0)), 0.0)
+
+
 def representation_direction(loss_gradients: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """Σ_k w_k g_k: the combined representation gradient, [B, D]."""
     return tf.einsum("k,bkd->bd", tf.cast(weights, loss_gradients.dtype), loss_gradients)
@@ -80,14 +87,17 @@ class GradientCombination(Aggregator):
         if self.level == "representation":
             if inputs.task_gradients is None:
                 raise ValueError(f"{type(self).__name__}(level='representation') needs task_gradients.")
-            loss_gradients = tf.stop_gradient(tf.cast(inputs.loss_gradients(), tf.float32))
+            # Sample weights are repetition counts: combine in the space where row i is ω_i copies (rows · 1/√ω_i,
+            # an isometry), then map the direction back (· √ω_i). With weights 0/1 both scales are 1.
+            scale = repetition_scale(inputs)
+            loss_gradients = tf.stop_gradient(tf.cast(inputs.loss_gradients(), tf.float32)) * scale[:, :, None]
             if not self.gram_only:  # the method needs the K gradients themselves: [K, B·D]
                 rows, units, width = tf.unstack(tf.shape(loss_gradients))
                 flat = tf.reshape(tf.transpose(loss_gradients, [1, 0, 2]), [units, rows * width])
                 direction, weights, commit = self.propose_direction(flat)
                 return RepresentationAggregation(
                     objective=objective,
-                    representation_gradient=tf.reshape(direction, [rows, width]),
+                    representation_gradient=tf.math.divide_no_nan(tf.reshape(direction, [rows, width]), scale),
                     task_weights=weights,
                     commit=commit,
                 )
@@ -95,7 +105,7 @@ class GradientCombination(Aggregator):
             weights = tf.cast(weights, tf.float32)
             return RepresentationAggregation(
                 objective=objective,
-                representation_gradient=representation_direction(loss_gradients, weights),
+                representation_gradient=tf.math.divide_no_nan(representation_direction(loss_gradients, weights), scale),
                 task_weights=weights,
                 commit=commit,
             )

@@ -121,15 +121,17 @@ class AggregatorInputs:
     losses: [K] loss per task unit, the mean over the unit's present labels (differentiable: computed
         under the tape).
     representation: h, [B, D] float32, without gradient (the trunk is reached through the result).
-    task_gradients: [B, K, D] per-sample ∂ℓ_ik/∂h_i (not divided by B; zero where the label is
-        missing), or None unless `needs_task_gradients`. ∂L_k/∂h_i is `loss_gradients()`.
+    task_gradients: [B, K, D] per-sample w_ik ∂ℓ_ik/∂h_i (weighted by `present`, not divided by B; zero
+        where the label is missing), or None unless `needs_task_gradients`. ∂L_k/∂h_i is `loss_gradients()`.
     labels: per task name, canonical float32 labels ([B, units]; multiclass as probability rows),
         with a finite placeholder where the label is missing.
     head_weights: per task name, the head as W [units, D+1] (bias last), float32, no gradient.
     parameter_gradients: [K, P] ∂L_k/∂θ for the trunk's trainable variables, flattened in
         `trunk.trainable_variables` order, or None unless `needs_parameter_gradients`.
-    present: [B, K] float32, 1 where the label of (sample i, unit k) is given, 0 where it is missing
-        (the engine always sets it; None, e.g. in hand-made inputs, means every label is present).
+    present: [B, K] float32 weights w_ik >= 0: the presence of the label of (sample i, unit k) (0 where
+        missing) times its sample and class weights, a repetition count (2: as if the row came twice).
+        Not only 0/1: use `presence()`, `unit_counts()`, `loss_gradients()`. The engine always sets it;
+        None, e.g. in hand-made inputs, means every label is present with weight 1.
     """
 
     losses: tf.Tensor
@@ -145,18 +147,19 @@ class AggregatorInputs:
         return tf.shape(self.representation)[0]
 
     def presence(self) -> tf.Tensor:
-        """`present`, or all ones [B, K] when it is None."""
+        """The weights w [B, K] (`present`), or all ones when it is None."""
         if self.present is not None:
             return tf.cast(self.present, tf.float32)
         rows = self.batch_size if self.task_gradients is None else tf.shape(self.task_gradients)[0]
         return tf.ones([rows, tf.shape(self.losses)[0]], tf.float32)
 
     def unit_counts(self) -> tf.Tensor:
-        """n_k = max(Σ_i present_ik, 1) [K] float32: the denominators of the unit losses."""
-        return tf.maximum(tf.reduce_sum(self.presence(), axis=0), 1.0)
+        """n_k = Σ_i w_ik [K] float32 (1 where it is 0): the denominators of the unit losses."""
+        totals = tf.reduce_sum(self.presence(), axis=0)
+        return tf.where(totals > 0.0, totals, tf.ones_like(totals))
 
     def loss_gradients(self) -> tf.Tensor:
-        """∂L_k/∂h_i = G[i, k] / n_k: [B, K, D] (G[:, k] / B when every label is present)."""
+        """∂L_k/∂h_i = G[i, k] / n_k (G already holds the weight w_ik): [B, K, D] (G[:, k] / B unweighted)."""
         if self.task_gradients is None:
             raise ValueError("loss_gradients needs task_gradients; set needs_task_gradients = True.")
         counts = tf.cast(self.unit_counts(), self.task_gradients.dtype)
@@ -164,7 +167,8 @@ class AggregatorInputs:
 
 
 def labelled_samples(present: tf.Tensor) -> tf.Tensor:
-    """How many rows of `present` [B, k] have at least one present label: a float32 scalar."""
+    """Σ_i max_k w_ik over `present` [B, k]: the rows with at least one label, each counted by its largest
+    weight (a row of weight 2 counts as two samples): a float32 scalar."""
     return tf.reduce_sum(tf.reduce_max(tf.cast(present, tf.float32), axis=1))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_bayesagg.aggregators._gradient_methods import repetition_scale
 from keras_bayesagg.aggregators._own_adam import OwnAdam
 from keras_bayesagg.aggregators.base import Aggregator, AggregatorInputs, ObjectiveAggregation, TaskLayout
 from keras_bayesagg.validation import nonnegative_float, positive_float
@@ -60,7 +61,9 @@ class GradNorm(Aggregator):
         stored = tf.convert_to_tensor(self.initial_losses)
         initial = tf.where((self.has_initial_losses > 0) & (stored > 0.0), stored, losses)
 
-        gradient_norms = tf.sqrt(tf.reduce_sum(tf.square(inputs.loss_gradients()), axis=[0, 2]))  # ‖∂L_k/∂h‖
+        # ‖∂L_k/∂h‖ over the batch as repeated rows (sample weights: `repetition_scale`).
+        scaled = inputs.loss_gradients() * repetition_scale(inputs)[:, :, None]
+        gradient_norms = tf.sqrt(tf.reduce_sum(tf.square(scaled), axis=[0, 2]))
         weighted_norms = weights * gradient_norms
         loss_ratios = losses / tf.maximum(initial, 1e-12)
         training_rates = loss_ratios / tf.maximum(tf.reduce_mean(loss_ratios), 1e-12)

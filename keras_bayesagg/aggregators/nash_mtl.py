@@ -8,7 +8,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.aggregators._gradient_methods import GradientCombination
+from keras_bayesagg.aggregators._gradient_methods import GradientCombination, repetition_scale
 from keras_bayesagg.aggregators._solvers import nash_bargaining_weights
 from keras_bayesagg.aggregators.base import (
     AggregatorInputs,
@@ -90,7 +90,9 @@ class NashMTL(GradientCombination):
         direction = getattr(aggregation, field)
         # min(1, max_norm/‖d‖) without dividing by zero: max_norm / max(‖d‖, max_norm).
         max_norm = tf.constant(self.max_norm, direction.dtype)
-        scale = max_norm / tf.maximum(tf.norm(direction), max_norm)
+        # The norm over the batch as repeated rows (sample weights: `repetition_scale`).
+        norm = tf.norm(direction if self.level == "parameters" else direction * repetition_scale(inputs))
+        scale = max_norm / tf.maximum(norm, max_norm)
         return dataclasses.replace(
             aggregation,
             **{field: direction * scale},

@@ -70,7 +70,8 @@ def binary_curvature(
     """GGN blocks Σ_i p_io(1-p_io) h̃_i h̃_iᵀ and loss gradients Σ_i (p_io - y_io) h̃_i of a binary set.
 
     `features` h [B, D], `labels` y [B, O] in [0, 1], `weights` W [O, D+1]. Cost O(B·O·D²).
-    `present` [B, O] (1: y_io is given) drops the terms of missing labels (their y must be finite).
+    `present` [B, O] (1: y_io is given) drops the terms of missing labels (their y must be finite); other
+    non-negative values weigh the terms (a repetition count).
     """
     extended = with_bias_feature(features)
     probabilities = tf.sigmoid(tf.matmul(extended, weights, transpose_b=True))  # [B, O]
@@ -92,18 +93,21 @@ def multiclass_curvature(
 
     `features` h [B, D], `labels` y [B, C] (one-hot or probability rows), `weights` W [C, D+1].
     Flattening is row-major in (class, feature), as in SPEC. Cost O(B·C²·D²).
-    `present` [B] (1: the sample's label is given) drops the rows of missing labels.
+    `present` [B] (1: the sample's label is given) drops the rows of missing labels; other non-negative
+    values weigh the rows (a repetition count: Σ_i w_i of each term).
     """
     extended = with_bias_feature(features)
-    if present is not None:
-        extended = extended * tf.cast(tf.reshape(present, [-1, 1]), features.dtype)  # a zero row adds nothing
     num_classes = tf.shape(weights)[0]
     width = tf.shape(extended)[1]
     size = num_classes * width
     probabilities = tf.nn.softmax(tf.matmul(extended, weights, transpose_b=True), axis=-1)  # [B, C]
     residuals = probabilities - labels
-    weighted = tf.transpose(probabilities)[:, :, None] * extended[None, :, :]  # [C, B, D+1]
-    class_grams = tf.matmul(weighted, extended[None, :, :], transpose_a=True)  # [C, D+1, D+1]
+    rows = extended
+    if present is not None:  # rows √w h̃ make both quadratic terms Σ w (...); a zero row adds nothing
+        row_weights = tf.cast(tf.reshape(present, [-1, 1]), features.dtype)
+        rows, residuals = extended * tf.sqrt(row_weights), residuals * row_weights
+    weighted = tf.transpose(probabilities)[:, :, None] * rows[None, :, :]  # [C, B, D+1]
+    class_grams = tf.matmul(weighted, rows[None, :, :], transpose_a=True)  # [C, D+1, D+1]
     eye = tf.eye(num_classes, dtype=features.dtype)
     diagonal_part = tf.reshape(tf.einsum("cpq,cd->cpdq", class_grams, eye), [size, size])
     outer = tf.reshape(tf.transpose(weighted, [1, 0, 2]), [-1, size])  # U [B, C(D+1)]

@@ -4,10 +4,10 @@ Under a strategy with R > 1 replicas (MirroredStrategy, MultiWorkerMirroredStrat
 holds b_r rows of a global batch of B = Σ b_r rows. `gather` turns a replica's `AggregatorInputs`
 into the global batch's, the same on every replica:
 
-- h, the labels and the presence mask are all-gathered (in replica order, which is the order of the
+- h, the labels and the weights `present` (presence × sample weights) are all-gathered (in replica order, which is the order of the
   rows in the global batch), and the per-sample task gradients rebuilt from them (or gathered too);
 - the per-unit losses take the value of the global mean over present labels, while their gradient
-  stays this replica's own, weighted by its share of the unit's present labels so that the
+  stays this replica's own, weighted by its share of the unit's total weight so that the
   optimizer's sum over replicas (times 1/R) is the global mean's gradient;
 - per-unit parameter gradients are all-reduced to the global mean.
 
@@ -67,9 +67,9 @@ def gather(
     rows = ReplicaRows(offset=offset, size=local_rows, replicas=replicas)
 
     present = inputs.presence()
-    counts = tf.reduce_sum(present, axis=0)  # present labels behind each unit's mean
+    counts = tf.reduce_sum(present, axis=0)  # the weight (present labels × sample weights) behind each unit's mean
     total_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
-    share = counts / tf.maximum(total_counts, 1.0)
+    share = counts / tf.where(total_counts > 0.0, total_counts, tf.ones_like(total_counts))
     global_losses = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(inputs.losses) * share)
     # Value: the global mean. Gradient: R·share·∇(own mean), which the optimizer sums over replicas with 1/R.
     weighted = inputs.losses * (replicas * share)

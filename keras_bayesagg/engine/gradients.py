@@ -2,9 +2,10 @@
 
 Shapes: B samples, K task units (layout order), D = dim(h), P = trunk parameters (flattened).
 
-Missing labels: `present` [B, K] is 1 where the label of (sample i, unit k) is given. The loss of
-unit k is the mean over its present labels, L_k = Σ_i m_ik ℓ_ik / max(n_k, 1) with n_k = Σ_i m_ik,
-and a missing (i, k) has no loss and a zero per-sample gradient row.
+Weights: `present` [B, K] holds w_ik >= 0, the label's presence (0 where missing) times its sample and
+class weights (keras_bayesagg/sample_weights.py; a repetition count). The loss of unit k is the weighted
+mean L_k = Σ_i w_ik ℓ_ik / n_k with n_k = Σ_i w_ik (1 when that is 0), and the per-sample gradient row
+that aggregators see is w_ik ∂ℓ_ik/∂h_i (zero where w_ik = 0), so Σ_i of the rows over n_k is ∂L_k/∂h.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ def per_sample_unit_losses(
     return losses if present is None else tf.where(present > 0.0, losses, tf.zeros_like(losses))
 
 
+def weight_totals(present: tf.Tensor) -> tf.Tensor:
+    """n_k = Σ_i w_ik [K], 1 where it is 0: the denominators of the unit losses (any positive weights)."""
+    totals = tf.reduce_sum(present, axis=0)
+    return tf.where(totals > 0.0, totals, tf.ones_like(totals))
+
+
 def masked_mean_losses(per_sample: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
-    """L_k = Σ_i m_ik ℓ_ik / max(Σ_i m_ik, 1): [B, K] → [K]; a unit without labels in the batch has loss 0."""
-    masked = tf.where(present > 0.0, per_sample, tf.zeros_like(per_sample))
-    return tf.reduce_sum(masked, axis=0) / tf.maximum(tf.reduce_sum(present, axis=0), 1.0)
+    """L_k = Σ_i w_ik ℓ_ik / n_k: [B, K] → [K]; a unit without weight in the batch has loss 0."""
+    masked = tf.where(present > 0.0, per_sample * present, tf.zeros_like(per_sample))
+    return tf.reduce_sum(masked, axis=0) / weight_totals(present)
 
 
 def per_sample_task_gradients(
@@ -42,7 +49,7 @@ def per_sample_task_gradients(
     kernels: Mapping[str, tf.Tensor],
     present: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """∂ℓ_ik/∂h_i: [B, K, D], exact for linear heads z = h·kernel + b (no extra backward pass); rows of
+    """w_ik ∂ℓ_ik/∂h_i: [B, K, D], exact for linear heads z = h·kernel + b (no extra backward pass); rows of
     missing labels (`present` 0) are zero."""
     pieces = []
     for name, task in tasks.items():

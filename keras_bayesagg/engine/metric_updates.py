@@ -1,11 +1,13 @@
-"""Loss trackers and metric updates that count present labels only (missing labels: docs/missing-labels.md).
+"""Loss trackers and metric updates weighted by w_ik: the presence of each label times its sample and class
+weights (missing labels: docs/missing-labels.md; weights: docs/contract.md).
 
-Compiled metrics get each task's presence mask as sample weight — [B, units] for regression and
+Compiled metrics get each task's weights as sample weight — [B, units] for regression and
 binary outputs, [B] for a multiclass head — and labels whose missing entries hold the prediction
 itself (finite), so NaN never reaches a metric. This is exact for single-output tasks and for
 metrics with one value per output (BinaryAccuracy, AUC). A metric that averages over the outputs
-of a multi-output task first (MAE of Regression(3)) cannot take a per-output weight: it gets 1 for
-each sample with any present output, and a missing output counts as zero error in that average.
+of a multi-output task first (MAE of Regression(3)) cannot take a per-output weight: it gets the
+largest weight of each sample's outputs, and a missing output counts as zero error in that average.
+Loss trackers weigh a step's loss by Σ_i max_k w_ik over the task's units (samples counted by weight).
 """
 
 from __future__ import annotations

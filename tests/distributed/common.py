@@ -20,15 +20,22 @@ def bayesagg() -> kb.BayesAgg:
     return kb.BayesAgg(moments="monte_carlo", num_samples=64, seed=3, warmup_epochs=1)
 
 
-def dataset(num_samples: int = NUM_SAMPLES, missing: bool = False) -> tf.data.Dataset:
-    """The mixed-task rows in global batches; `missing`: about a third of the labels marked missing."""
+def dataset(num_samples: int = NUM_SAMPLES, missing: bool = False, weighted: bool = False) -> tf.data.Dataset:
+    """The mixed-task rows in global batches; `missing`: about a third of the labels marked missing;
+    `weighted`: (x, y, sample_weight) with weights 0, 0.5, 1, 2 per row and, for the binary set, per output."""
     x, y = mixed_task_data(num_samples=num_samples)
     if missing:
         rng = np.random.default_rng(7)
         y["value"] = np.where(rng.random(num_samples) < 0.3, np.nan, y["value"]).astype("float32")
         y["flags"] = np.where(rng.random(y["flags"].shape) < 0.3, np.nan, y["flags"]).astype("float32")
         y["kind"] = np.where(rng.random(num_samples) < 0.3, -1, y["kind"]).astype("int32")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    parts = (x, y)
+    if weighted:
+        rng = np.random.default_rng(11)
+        choices = np.array([0.0, 0.5, 1.0, 2.0], "float32")
+        rows = choices[rng.integers(0, 4, num_samples)]
+        parts = (x, y, {"value": rows, "kind": rows, "flags": choices[rng.integers(0, 4, y["flags"].shape)]})
+    data = tf.data.Dataset.from_tensor_slices(parts).batch(GLOBAL_BATCH)
     options = tf.data.Options()
     # Worker w gets the w-th slice of every global batch (the order one device sees the rows in).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -46,6 +53,7 @@ def trained(
     steps_per_execution: int = 1,
     callbacks: list | None = None,
     missing: bool = False,
+    weighted: bool = False,
 ) -> kb.MultiTaskModel:
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -54,7 +62,7 @@ def trained(
         model.compile(
             optimizer=keras.optimizers.SGD(0.05), aggregator=make_aggregator(), steps_per_execution=steps_per_execution
         )
-    model.fit(dataset(missing=missing), epochs=epochs, verbose=0, callbacks=callbacks)
+    model.fit(dataset(missing=missing, weighted=weighted), epochs=epochs, verbose=0, callbacks=callbacks)
     return model
 
 

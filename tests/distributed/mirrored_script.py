@@ -40,12 +40,13 @@ def check_equal(label, make, epochs=2, steps_per_execution=1, single=None, toler
 single = common.weights(common.trained(one_device, common.bayesagg, epochs=2))
 replicated = check_equal("BayesAgg", common.bayesagg, single=single)
 check_equal("BayesAgg steps_per_execution=3", common.bayesagg, steps_per_execution=3, single=single)
-# Missing labels: the global unit losses and BayesAgg's posteriors count the present labels of all replicas.
-partly_labelled = common.weights(common.trained(one_device, common.bayesagg, missing=True))
+# Missing labels and sample weights (one run): the global unit losses and BayesAgg's posteriors weigh the
+# present labels of all replicas.
+partly_labelled = common.weights(common.trained(one_device, common.bayesagg, missing=True, weighted=True))
 worst = common.worst_relative_difference(
-    partly_labelled, common.weights(common.trained(mirrored, common.bayesagg, missing=True))
+    partly_labelled, common.weights(common.trained(mirrored, common.bayesagg, missing=True, weighted=True))
 )
-print(f"BayesAgg with missing labels: worst relative difference {worst:.2e}", flush=True)
+print(f"BayesAgg with missing labels and sample weights: worst relative difference {worst:.2e}", flush=True)
 assert worst < TOLERANCE, worst
 
 # A model saved under the strategy reloads on one device with equal predictions.

@@ -61,8 +61,9 @@ class BayesAgg(PredictiveServing, Aggregator):
         memory_limit_gb: refuse task layouts whose state and per-step work would take more
             (estimated before allocating; None: no check).
 
-    Missing labels: each sample's weights are normalized over its present task units and the
-    aggregated gradient is averaged over the samples with at least one label (over B when fully labelled).
+    Missing labels and sample weights: each sample's weights α are normalized over its present task
+    units, unit k's share of sample i is w_ik·α_ik (w: the sample weight, 0 for a missing label), and the
+    aggregated gradient is averaged over Σ_i max_k w_ik (B when fully labelled and unweighted).
 
     Defaults follow the authors' UTKFace setting (γ = 0.005, s_reg = 0.3, s_cls = 0.1, S = 1024).
     """
@@ -166,17 +167,22 @@ class BayesAgg(PredictiveServing, Aggregator):
                 group_moments, group_ok = group.moments(features, labels, mask, weights, self.num_samples, seed)
                 moments.update(group_moments)
                 task_ok.update(group_ok)
+            means = tf.cast(tf.concat([moments[name].mean for name in names], axis=1), tf.float32)
             combined = inverse_variance_aggregate(
-                tf.cast(tf.concat([moments[name].mean for name in names], axis=1), tf.float32),
+                means,
                 tf.cast(tf.concat([moments[name].variance for name in names], axis=1), tf.float32),
                 tf.constant(self.unit_powers, tf.float32),
                 present,
             )
             failed = tf.stack([~task_ok[name] for name in names])
+            # Sample i's share of unit k is w_ik·α_ik (a row of weight 2 counts twice), over Σ_i max_k w_ik samples.
+            shares = combined.weights * present[:, :, None]
+            gradient = tf.reduce_sum(shares * means, axis=1)
             # K·mean α over labelled samples: equal weights are ones, on the scale of the warm-up (linear scalarization).
-            samples = tf.maximum(labelled_samples(present), 1.0)
-            weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(combined.weights, axis=2), axis=0) / samples
-            return combined.gradient / samples, weights, failed
+            samples = labelled_samples(present)
+            samples = tf.where(samples > 0.0, samples, tf.ones_like(samples))
+            weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(shares, axis=2), axis=0) / samples
+            return gradient / samples, weights, failed
 
         gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
         staged = [tf.concat([labels, mask], axis=1) for labels, mask in zip(group_labels, group_present)]

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from keras_bayesagg.aggregators.bayesagg.regression_part import uniform_weights
 from keras_bayesagg.bayes import predictive
 from keras_bayesagg.bayes.classification import with_bias_feature
 from keras_bayesagg.bayes.linalg import inverse_from_cholesky, safe_cholesky
@@ -48,17 +49,17 @@ class PredictivePart:
         self.variables.append(self.ready)
 
     def collect(self, targets: tf.Tensor | None, present: tf.Tensor) -> list[Callable[[], Any]]:
-        """The write that adds this step's Σy² and row count (regression targets [B, O], 0 where `present`
-        [B, O] is 0; none without). With O > 1 outputs, a partly labelled batch counts its rows per output
-        (`RegressionPart.output_rows`) instead."""
+        """The write that adds this step's Σ w y² and total weight Σ w (regression targets [B, O], 0 where the
+        weight `present` [B, O] is 0; none without). With O > 1 outputs, a batch whose rows weigh outputs
+        differently counts its weight per output (`RegressionPart.output_rows`) instead."""
         if self.regression is None:
             return []
-        squares = tf.reduce_sum(tf.square(targets), axis=0)
         present = tf.cast(present, self.dtype)
+        squares = tf.reduce_sum(tf.square(targets) * present, axis=0)  # Σ w y²
         if self.regression.outputs == 1:
             rows = tf.reduce_sum(present)
-        else:
-            rows = tf.where(tf.reduce_all(present > 0.0), tf.cast(tf.shape(targets)[0], self.dtype), 0.0)
+        else:  # the total weight of a batch on the shared path (one weight per row for all outputs)
+            rows = tf.where(uniform_weights(present), tf.reduce_sum(present[:, 0]), 0.0)
 
         def write() -> None:
             self.target_square_sum.assign_add(squares)

@@ -4,10 +4,11 @@ All regression outputs share one precision (it depends on the features only). Du
 the applied steps add Σhhᵀ [D, D] and Σhy [D, O] (O(D²) memory, no stored features); at the end
 of the epoch they become the next epoch's prior N(m_F, Λ_F⁻¹) (SPEC "Regression").
 
-Missing labels: output o's posteriors use only the rows where its label is present. With one
-output that is the shared precision of the present rows. With O > 1 outputs, batches with a
-missing label add per-output grams Σ_i m_io h_i h_iᵀ [O, D, D] beside Σhhᵀ of the complete
-batches, and an epoch that had any makes per-output priors (precision and covariance [O, D, D]);
+Weights and missing labels: output o's posteriors weigh row i by w_io (the label's presence times its
+sample weight, a repetition count; 0 where missing): Σ w h hᵀ and Σ w h y. When every row has one weight
+for all outputs (one output; or fully labelled, uniformly weighted rows) that is one shared precision.
+Otherwise (O > 1 outputs) a batch adds per-output grams Σ_i w_io h_i h_iᵀ [O, D, D] beside Σ w h hᵀ of the
+uniform batches, and an epoch that had any makes per-output priors (precision and covariance [O, D, D]);
 steps then take one posterior per output. Fully labelled data keeps the shared path (the same
 switch as before, over more branches) and pays only memory: 3·O·D² more values of state when O > 1.
 """
@@ -22,6 +23,11 @@ import tensorflow as tf
 from keras_bayesagg.bayes import evidence, regression
 
 EVIDENCE_ITERATIONS = 10
+
+
+def uniform_weights(present: tf.Tensor) -> tf.Tensor:
+    """True when every row of `present` [B, O] has one weight for all outputs: the outputs share a precision."""
+    return tf.reduce_all(tf.equal(present, present[:, :1]))
 
 
 def _identities(scale: float) -> Any:
@@ -102,13 +108,13 @@ class RegressionPart:
         return tf.cast(tf.concat([labels[name] for name in self.task_units], axis=1), self.dtype)
 
     def collect(self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor) -> Callable[[], Any]:
-        """The write that adds this step's rows to the epoch's sufficient statistics (`targets` are 0
-        where `present` [B, O] is 0, so Σhy needs no mask)."""
-        cross = tf.matmul(features, targets, transpose_a=True)
-        if self.outputs == 1:
-            features = features * tf.cast(present, features.dtype)
-        gram = tf.matmul(features, features, transpose_a=True)
-        complete = tf.reduce_all(present > 0.0)
+        """The write that adds this step's rows to the epoch's sufficient statistics Σ w h hᵀ and Σ w h y
+        (`present` [B, O]: the weights w, 0 where the label is missing; `targets` are 0 there)."""
+        present = tf.cast(present, features.dtype)
+        cross = tf.matmul(features, targets * present, transpose_a=True)
+        rows = features * tf.sqrt(present[:, :1])  # Σ w h hᵀ = (√w h)ᵀ(√w h)
+        gram = tf.matmul(rows, rows, transpose_a=True)
+        complete = uniform_weights(present)
 
         def add_complete() -> tf.Tensor:
             self.gram_sum.assign_add(gram)
@@ -142,16 +148,19 @@ class RegressionPart:
         one level of control flow, as deeper nesting around the Cholesky loops defeats TF's graph optimizer.
         """
         full_rank = tf.cast(tf.shape(features)[0] >= self.dim, tf.int32)
+        present = tf.cast(present, features.dtype)
+        row_weights = present[:, :1]
         if self.outputs == 1:
-            rows = features * tf.cast(present, features.dtype)
             moments, ok = tf.cond(
                 full_rank > 0,
-                lambda: self._shared_moments(rows, targets, True),
-                lambda: self._shared_moments(rows, targets, False),
+                lambda: self._shared_moments(features, targets, row_weights, True),
+                lambda: self._shared_moments(features, targets, row_weights, False),
             )
         else:
-            per_output = ~tf.reduce_all(present > 0.0) | (tf.convert_to_tensor(self.output_priors) > 0.0)
-            branches = [lambda rank=rank: self._shared_moments(features, targets, rank) for rank in (False, True)]
+            per_output = ~uniform_weights(present) | (tf.convert_to_tensor(self.output_priors) > 0.0)
+            branches = [
+                lambda rank=rank: self._shared_moments(features, targets, row_weights, rank) for rank in (False, True)
+            ]
             branches += [
                 lambda rank=rank: self._per_output_moments(features, targets, present, rank) for rank in (False, True)
             ]
@@ -166,10 +175,13 @@ class RegressionPart:
         return split, ok
 
     def _shared_moments(
-        self, features: tf.Tensor, targets: tf.Tensor, full_rank: bool
+        self, features: tf.Tensor, targets: tf.Tensor, row_weights: tf.Tensor, full_rank: bool
     ) -> tuple[regression.GradientMoments, tf.Tensor]:
+        """The shared posterior of rows weighted by `row_weights` [B, 1] (the same for every output)."""
         prior = (self.prior_precision, self.prior_covariance, self.prior_mean)
-        marginals = self._marginals(features, targets, *(tf.convert_to_tensor(v) for v in prior), full_rank)
+        scale = tf.sqrt(row_weights)
+        prior = tuple(tf.convert_to_tensor(v) for v in prior)
+        marginals = self._marginals(features, targets, scale, *prior, full_rank)
         return regression.gradient_moments(marginals, features, targets), marginals.ok
 
     def _per_output_moments(
@@ -183,12 +195,18 @@ class RegressionPart:
         prior_mean = tf.convert_to_tensor(self.prior_mean)
         means, variances, oks = [], [], []
         for output in range(self.outputs):
-            rows = features * tf.cast(present[:, output : output + 1], features.dtype)
+            scale = tf.sqrt(present[:, output : output + 1])
             target = targets[:, output : output + 1]
             marginals = self._marginals(
-                rows, target, precision[output], covariance[output], prior_mean[output : output + 1], full_rank
+                features,
+                target,
+                scale,
+                precision[output],
+                covariance[output],
+                prior_mean[output : output + 1],
+                full_rank,
             )
-            moments = regression.gradient_moments(marginals, rows, target)
+            moments = regression.gradient_moments(marginals, features, target)
             means.append(moments.mean)
             variances.append(moments.variance)
             oks.append(marginals.ok)
@@ -198,16 +216,25 @@ class RegressionPart:
     def _marginals(
         features: tf.Tensor,
         targets: tf.Tensor,
+        scale: tf.Tensor,
         prior_precision: tf.Tensor,
         prior_covariance: tf.Tensor,
         prior_mean: tf.Tensor,
         full_rank: bool,
     ) -> regression.PosteriorMarginals:
-        """A D×D factorization (`full_rank`, for B >= D) or a rank-B update of the full-data prior."""
+        """The batch posterior of rows √w h with targets √w y (`scale` √w [B, 1]: a row of weight w counts w
+        times, Σ w h hᵀ and Σ w h y), by a D×D factorization (`full_rank`, for B >= D) or a rank-B update of
+        the full-data prior; its marginals at the unscaled `features` (rows of weight 0 get finite placeholders)."""
+        rows, scaled_targets = features * scale, targets * scale
         if not full_rank:
-            return regression.low_rank_marginals(prior_covariance, prior_mean, features, targets)
+            marginals = regression.low_rank_marginals(prior_covariance, prior_mean, rows, scaled_targets)
+            # S(√w h) / √w = S h and (√w h)ᵀS(√w h) / w = hᵀ S h.
+            return marginals._replace(
+                covariance_features=tf.math.divide_no_nan(marginals.covariance_features, scale),
+                feature_variance=tf.math.divide_no_nan(marginals.feature_variance, tf.square(scale[:, 0])),
+            )
         shift = tf.matmul(prior_precision, prior_mean, transpose_b=True)
-        posterior = regression.batch_posterior(prior_precision, shift, features, targets)
+        posterior = regression.batch_posterior(prior_precision, shift, rows, scaled_targets)
         return regression.marginals_from_posterior(posterior, features)
 
     def refresh(self) -> None:
