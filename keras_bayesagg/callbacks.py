@@ -22,7 +22,8 @@ class AggregatorHooks(keras.callbacks.Callback):
     """Runs the model's hooks around training: `begin_epoch`, `end_batch`, `end_epoch`.
 
     `MultiTaskModel.fit` adds it by itself. For BayesAgg this is what refreshes the full-data
-    prior once per epoch (and switches the regression heads to its posterior mean); for
+    prior once per epoch (and switches the regression heads to its posterior mean), before
+    validation when there is one (`MultiTaskModel.evaluate` finishes the epoch first); for
     DynamicWeightAverage it rolls the epoch loss averages over.
     """
 
@@ -37,7 +38,7 @@ class AggregatorHooks(keras.callbacks.Callback):
         self.model.aggregator.end_batch()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        self.model.end_epoch()
+        self.model.finish_epoch()  # already done when fit validated this epoch (MultiTaskModel.evaluate)
 
 
 class TaskWeightHistory(keras.callbacks.Callback):

@@ -353,6 +353,6 @@ def test_served_noise_variance_after_partly_labelled_data_is_that_of_the_present
             posterior.mean,
             posterior.covariance,
         )
-        np.testing.assert_allclose(aggregator.predictive.noise_variance[output].numpy(), noise[0], rtol=1e-4)
+        np.testing.assert_allclose(model.heads[task].served.noise_variance[column].numpy(), noise[0], rtol=1e-4)
         spread = bayes.predictive.quadratic_forms(features[:8], posterior.covariance[None])[:, 0]
         np.testing.assert_allclose(served[f"{task}/variance"][:, column], noise[0] * (1 + spread), rtol=1e-4)
