@@ -90,6 +90,7 @@ class MultiTaskModel(keras.Model):
     def _prepare_training_state(self) -> None:
         """Create the aggregator's state, the heads it overrides, the fault record and the optimizer's
         slots, before the first step (under the model's tf.distribute strategy)."""
+        global_batch.isolate_collective_keys(self.distribute_strategy)  # several strategies in one process
         with self.distribute_strategy.scope():
             self.aggregator.build_for(self.task_layout)
             self.aggregator.use_served_state({name: head.served for name, head in self.heads.items()})

@@ -76,7 +76,9 @@ def safe_cholesky(matrix: tf.Tensor, relative_jitters: Sequence[float] = DEFAULT
     diag_scale = tf.where(diag_scale > 0, diag_scale, tf.ones_like(diag_scale))
     eye = tf.eye(n, dtype=matrix.dtype)
 
-    factor = _xla_cholesky(matrix)
+    # Eagerly (the once-per-epoch refreshes) the one-op factorization: the blocked one is faster per step but
+    # compiles for seconds per shape, which the first refresh paid (issue 16, item 8).
+    factor = _xla_builtin_cholesky(matrix) if tf.executing_eagerly() else _xla_cholesky(matrix)
     ok = _is_finite_factor(factor)
     if not relative_jitters:
         return SafeCholesky(factor, ok)
