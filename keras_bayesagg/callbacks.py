@@ -7,6 +7,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bayesagg.bayes import linalg
+
 
 class FaultGuard(keras.callbacks.Callback):
     """Raises the error of a step that was skipped (bad labels, non-finite values) right after it."""
@@ -36,6 +38,8 @@ class AggregatorHooks(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.model.aggregator.end_batch()
+        if not self.model.jit_compile:  # under XLA the step compiles them with itself
+            linalg.compile_traced_factors()  # a no-op once done: compiled now, not when BayesAgg's branch first runs
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self.model.finish_epoch()  # already done when fit validated this epoch (MultiTaskModel.evaluate)
