@@ -7,6 +7,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bayesagg.bayes import linalg
+
 
 class FaultGuard(keras.callbacks.Callback):
     """Raises the error of a step that was skipped (bad labels, non-finite values) right after it."""
@@ -22,7 +24,8 @@ class AggregatorHooks(keras.callbacks.Callback):
     """Runs the model's hooks around training: `begin_epoch`, `end_batch`, `end_epoch`.
 
     `MultiTaskModel.fit` adds it by itself. For BayesAgg this is what refreshes the full-data
-    prior once per epoch (and switches the regression heads to its posterior mean); for
+    prior once per epoch (and switches the regression heads to its posterior mean), before
+    validation when there is one (`MultiTaskModel.evaluate` finishes the epoch first); for
     DynamicWeightAverage it rolls the epoch loss averages over.
     """
 
@@ -35,9 +38,11 @@ class AggregatorHooks(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.model.aggregator.end_batch()
+        if not self.model.jit_compile:  # under XLA the step compiles them with itself
+            linalg.compile_traced_factors()  # a no-op once done: compiled now, not when BayesAgg's branch first runs
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        self.model.end_epoch()
+        self.model.finish_epoch()  # already done when fit validated this epoch (MultiTaskModel.evaluate)
 
 
 class TaskWeightHistory(keras.callbacks.Callback):

@@ -1,10 +1,12 @@
-"""The linear head of a task, with an optional override of its kernel.
+"""The linear head of a task: its kernel and bias, an override of its kernel (regression), and its served state.
 
-An aggregator may ask that some heads predict with a kernel it computes (BayesAgg: the
-regression heads predict with the full-data posterior mean, the paper's prediction rule). The
-model then gives those heads an override: a non-trainable kernel and an on/off switch, saved
-with the model, so evaluate, predict and export use it. Heads without an override have only
-their kernel and bias.
+Everything a head's predictions and served uncertainty depend on is created here, at the model's build,
+whatever aggregator is compiled, so the model's weight list depends on its tasks alone:
+- regression heads have an override (a non-trainable kernel and an on/off switch): BayesAgg's paper rule
+  predicts with the full-data posterior mean, which BayesAgg switches on after its warm-up; recompiling
+  with an aggregator that does not override folds it back into kernel and bias (`fold_override`);
+- every head has a `ServedState` (`served_state.py`) unless the model's `uncertainty_state_mb` is too small
+  for it.
 """
 
 from __future__ import annotations
@@ -14,51 +16,70 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_bayesagg.served_state import FORMS, ServedState, megabytes
+
+LEGACY_COUNTS = (2, 4)  # version 0.1.0 / 0.2.0 files: kernel, bias (and the override pair)
+
 
 class LinearHead(keras.layers.Layer):
-    """A float32 linear layer z = h·K + b (the head of one task)."""
+    """A float32 linear layer z = h·K + b (the head of one task).
 
-    def __init__(self, units: int, **kwargs: Any) -> None:
+    Args:
+        units: outputs (classes for a multiclass head).
+        kind: the task kind ("regression", "binary", "multiclass"); None: a plain head without served state.
+        uncertainty_state_mb: the largest served state to create, in MB (None: any size).
+    """
+
+    def __init__(
+        self, units: int, kind: str | None = None, uncertainty_state_mb: float | None = None, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("dtype", "float32")
         kwargs.pop("with_posterior", None)  # configs of version 0.1.0
         super().__init__(**kwargs)
         self.units = int(units)
+        self.kind = kind
+        self.uncertainty_state_mb = uncertainty_state_mb
         self.override_kernel: keras.Variable | None = None
         self.override_active: keras.Variable | None = None
+        self.served: ServedState | None = None
+        self.served_state_skipped_mb: float | None = None  # the size it would have had, when over the limit
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         dim = int(input_shape[-1])
         self.kernel = self.add_weight(name="kernel", shape=(dim, self.units), initializer="glorot_uniform")
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        if self.kind == "regression":
+            self.override_kernel = self.add_weight(
+                name="override_kernel", shape=(dim, self.units), initializer="zeros", trainable=False
+            )
+            self.override_active = self.add_weight(
+                name="override_active", shape=(), initializer="zeros", trainable=False
+            )
+        if self.kind in FORMS:
+            size = megabytes(self.kind, self.units, dim)
+            if self.uncertainty_state_mb is None or size <= self.uncertainty_state_mb:
+                self.served = FORMS[self.kind](self, self.units, dim)
+            else:
+                self.served_state_skipped_mb = size
 
     @property
     def has_override(self) -> bool:
         return self.override_kernel is not None
 
-    def add_override(self) -> None:
-        """Create the override variables (off until `set_override`); idempotent."""
-        if self.has_override:
-            return
-        shape = tuple(self.kernel.shape)
-        # Keras locks a layer's state after `build`; the override is requested later (at compile),
-        # so open the lock for these two variables, as Keras itself does to untrack a variable.
-        locked = self._tracker.locked
-        self._tracker.unlock()
-        try:
-            self.override_kernel = self.add_weight(
-                name="override_kernel", shape=shape, initializer="zeros", trainable=False
-            )
-            self.override_active = self.add_weight(
-                name="override_active", shape=(), initializer="zeros", trainable=False
-            )
-        finally:
-            if locked:
-                self._tracker.lock()
-
     def set_override(self, kernel: tf.Tensor) -> None:
         """Predict h·kernel (no bias) from now on; the trainable kernel and bias get no gradient."""
         self.override_kernel.assign(tf.cast(kernel, self.override_kernel.dtype))
         self.override_active.assign(1.0)
+
+    def fold_override(self) -> None:
+        """Make kernel and bias predict what the head predicts now and switch the override off, so an aggregator
+        that does not override this head trains it from today's predictions on."""
+        if not self.has_override or float(self.override_active.numpy()) == 0.0:
+            return
+        kernel, bias = self.kernel_and_bias()
+        self.kernel.assign(kernel)
+        self.bias.assign(bias)
+        self.override_active.assign(0.0)
 
     def kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The kernel [D, units] and bias [units] the head predicts with now."""
@@ -82,18 +103,23 @@ class LinearHead(keras.layers.Layer):
         return (*tuple(input_shape)[:-1], self.units)
 
     def load_own_variables(self, store: Any) -> None:
-        # A head saved with an override (kernel, switch) gets one, whatever aggregator this model is
-        # compiled with now: the override is part of what the head predicts. Version 0.1.0 saved
-        # such a pair for every regression head (switched off unless BayesAgg had set it).
+        # Files of versions 0.1.0 and 0.2.0 hold kernel and bias, and the override pair when the model was
+        # compiled with BayesAgg (0.1.0: every regression head). The served state is not in them: it stays as
+        # it is (the aggregator, loaded before the heads, hands over what those versions kept; see BayesAgg).
         saved = len(list(store.keys()))
-        if saved == 4 and not self.has_override:
-            self.add_override()
-        if saved == 2 and self.has_override:  # saved without an override: it stays off
-            self.kernel.assign(store["0"])
-            self.bias.assign(store["1"])
-            self.override_active.assign(0.0)
+        if saved == len(self.weights) or saved not in LEGACY_COUNTS:
+            super().load_own_variables(store)
             return
-        super().load_own_variables(store)
+        self.kernel.assign(store["0"])
+        self.bias.assign(store["1"])
+        if self.has_override:
+            self.override_kernel.assign(store["2"] if saved == 4 else tf.zeros_like(self.override_kernel))
+            self.override_active.assign(store["3"] if saved == 4 else 0.0)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "units": self.units}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "kind": self.kind,
+            "uncertainty_state_mb": self.uncertainty_state_mb,
+        }

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg import building, sample_weights, serving, validation
+from keras_bayesagg import building, model_state, sample_weights, serving, validation
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
@@ -20,6 +20,7 @@ from keras_bayesagg.engine import global_batch, gradients, step_by_step
 from keras_bayesagg.engine.checks import step_faults
 from keras_bayesagg.engine.faults import FaultRecord, apply_if, overflow_guard
 from keras_bayesagg.engine.metric_updates import update_compiled_metrics, update_loss_trackers
+from keras_bayesagg.heads import LinearHead
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
 
@@ -32,9 +33,19 @@ class MultiTaskModel(keras.Model):
     gradients w.r.t. h with the aggregator given to `compile` (linear scalarization by default).
     Logs hold `loss` (the sum of all task-unit losses plus regularization) and `<task>_loss`.
     A step with labels that do not fit, or non-finite values, makes no update (see `raise_for_faults`).
+
+    `uncertainty_state_mb`: the largest served state (posterior covariance) a head gets, in MB; every head has
+    one whatever the aggregator, so the weight list depends on the tasks alone (a Multiclass(C) head's is
+    (C(D+1))² floats: over the limit it gets none and serves no uncertainty). None: no limit.
     """
 
-    def __init__(self, trunk: keras.layers.Layer, tasks: Mapping[str, Task], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        trunk: keras.layers.Layer,
+        tasks: Mapping[str, Task],
+        uncertainty_state_mb: float | None = 64.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(trunk, keras.layers.Layer):
             raise TypeError(
@@ -44,7 +55,14 @@ class MultiTaskModel(keras.Model):
         validation.check_log_keys(list(tasks))  # e.g. "a" and "val_a" would share the log key val_a_loss
         self.trunk = trunk
         self.task_specs: dict[str, Task] = dict(tasks)
-        self.heads = {name: task.make_head(name) for name, task in self.task_specs.items()}
+        self.uncertainty_state_mb = validation.optional_positive_float(
+            "MultiTaskModel", "uncertainty_state_mb", uncertainty_state_mb
+        )
+        self.heads = {
+            name: LinearHead(task.units, kind=task.kind, uncertainty_state_mb=self.uncertainty_state_mb, name=name)
+            for name, task in self.task_specs.items()
+        }
+        self.epoch_hooks = model_state.EpochHooks()
         self.task_loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss") for name in self.task_specs}
         self.representation_dim: int | None = None
         self._compiled_parts: CompiledParts | None = None
@@ -73,10 +91,10 @@ class MultiTaskModel(keras.Model):
     def _prepare_training_state(self) -> None:
         """Create the aggregator's state, the heads it overrides, the fault record and the optimizer's
         slots, before the first step (under the model's tf.distribute strategy)."""
+        global_batch.isolate_collective_keys(self.distribute_strategy)  # several strategies in one process
         with self.distribute_strategy.scope():
             self.aggregator.build_for(self.task_layout)
-            for name in self.aggregator.overridden_heads:
-                self.heads[name].add_override()
+            self.aggregator.use_served_state({name: head.served for name, head in self.heads.items()})
             if self._compiled_parts.faults is None:
                 self._compiled_parts.faults = FaultRecord()
             if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
@@ -123,6 +141,7 @@ class MultiTaskModel(keras.Model):
         self._compiled_parts = CompiledParts(aggregator)
         if self.representation_dim is not None:
             self._prepare_training_state()
+            model_state.follow_aggregator(self, aggregator)
 
     def get_compile_config(self) -> dict[str, Any]:
         config = super().get_compile_config() if self.compiled else None
@@ -230,7 +249,8 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------------ hooks (fit calls them; custom loops too)
     def begin_epoch(self) -> None:
-        """Before each training epoch."""
+        """Before each training epoch (`fit` calls it; call it yourself in a loop of `train_on_batch`)."""
+        self.epoch_hooks.began()
         self.aggregator.begin_epoch()
 
     def end_batch(self) -> None:
@@ -239,7 +259,9 @@ class MultiTaskModel(keras.Model):
         self.aggregator.end_batch()
 
     def end_epoch(self) -> None:
-        """After each training epoch: the aggregator's epoch hook, then the head overrides it asks for."""
+        """After each training epoch: the aggregator's epoch hook (BayesAgg's refresh), then the head overrides
+        it asks for. `fit` calls it before validating; in a loop of `train_on_batch`, call it after each pass."""
+        self.epoch_hooks.ended()
         self.aggregator.end_epoch(self.head_weights())
         for name, kernel in self.aggregator.head_overrides().items():
             self.heads[name].set_override(kernel)
@@ -270,12 +292,26 @@ class MultiTaskModel(keras.Model):
         callbacks = builtin_callbacks.with_builtin_callbacks(self, callbacks, training=True)
         return super().fit(x, *args, callbacks=callbacks, validation_data=validation_data, **kwargs)
 
+    def finish_epoch(self) -> None:
+        """The pending epoch end of `fit` (once per epoch): before validation, or at `on_epoch_end` without one."""
+        if self.epoch_hooks.take_pending():
+            self.end_epoch()
+
     def evaluate(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
         validation.check_numeric_labels(list(self.task_specs), kwargs.get("y", args[1] if len(args) > 1 else None))
         kwargs = sample_weights.keras_arguments(self.task_specs, kwargs)
+        if model_state.is_fit_validation(self, callbacks):
+            self.finish_epoch()  # val_* then describe the model the epoch leaves (Keras validates before on_epoch_end)
         return super().evaluate(
             *args, callbacks=builtin_callbacks.with_builtin_callbacks(self, callbacks, training=False), **kwargs
         )
+
+    def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        """Keras's `train_on_batch`, then the batch hook `fit` would run (a skipped step raises here)."""
+        logs = super().train_on_batch(*args, **kwargs)
+        self.end_batch()
+        self.epoch_hooks.count_step(self.aggregator)
+        return logs
 
     def make_train_function(self, force: bool = False) -> Any:
         if not step_by_step.install_if_needed(self, force):  # where Keras's fused loop fails (engine/step_by_step.py)
@@ -299,16 +335,28 @@ class MultiTaskModel(keras.Model):
             return super().export(filepath, format=format, verbose=verbose, **kwargs)
         serving.export(self, filepath, verbose=verbose, **kwargs)
 
+    # ------------------------------------------------------------------ TensorFlow checkpoints
+    def _trackable_children(self, save_type: str = "checkpoint", **kwargs: Any) -> dict[str, Any]:
+        # Keras's tracked dict of heads is no TensorFlow trackable: name each head (and, in checkpoints, the
+        # aggregator's training state) so tf.train.Checkpoint(model=...) holds the whole model.
+        children = dict(super()._trackable_children(save_type, **kwargs))
+        children.update({f"head_{name}": head for name, head in self.heads.items()})
+        if save_type == "checkpoint" and self.aggregator is not None:
+            children["aggregator"] = self.aggregator
+        return children
+
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "trunk": keras.saving.serialize_keras_object(self.trunk),
             "tasks": {name: serialize_task(task) for name, task in self.task_specs.items()},
+            "uncertainty_state_mb": self.uncertainty_state_mb,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "MultiTaskModel":
         trunk = keras.saving.deserialize_keras_object(config["trunk"], custom_objects=custom_objects)
         tasks = {name: deserialize_task(task) for name, task in config["tasks"].items()}
-        return cls(trunk, tasks, name=config.get("name"))
+        limit = config.get("uncertainty_state_mb", 64.0)  # files before 0.3.0: the default
+        return cls(trunk, tasks, uncertainty_state_mb=limit, name=config.get("name"))

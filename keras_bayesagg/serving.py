@@ -1,5 +1,5 @@
 """Predictive uncertainty at serving time: `MultiTaskModel.predict_with_uncertainty` and the exported
-`serve_with_uncertainty` endpoint, both from the aggregator's posterior over the heads (BayesAgg).
+`serve_with_uncertainty` endpoint, both from the heads' served state (`served_state.py`, written by BayesAgg).
 
 The outputs are one flat dict of float32 tensors keyed "<task>/<quantity>" (the same keys in Python
 and in the SavedModel signature): regression "<task>/mean" (what `predict` returns) and
@@ -21,22 +21,41 @@ SERVE = "serve"
 SERVE_WITH_UNCERTAINTY = "serve_with_uncertainty"
 
 
-def check_available(model: keras.Model) -> None:
-    """Raise a ValueError that names what is missing when the model cannot give predictive uncertainty."""
+def served_missing(model: keras.Model) -> str | None:
+    """Why the heads' served state cannot answer (None when every head's is written)."""
+    for name, head in model.heads.items():
+        if head.served is None and head.served_state_skipped_mb is not None:
+            return (
+                f"head '{name}' keeps no served state: its posterior covariance would take "
+                f"{head.served_state_skipped_mb:.0f} MB, over the model's uncertainty_state_mb="
+                f"{model.uncertainty_state_mb}. Build the model with kb.MultiTaskModel(..., "
+                f"uncertainty_state_mb={int(head.served_state_skipped_mb) + 1}) to serve its uncertainty."
+            )
+    if all(head.served is not None and float(head.served.ready.numpy()) > 0 for head in model.heads.values()):
+        return None
     if model.aggregator is None:
-        raise ValueError(
+        return (
             "Predictive uncertainty needs BayesAgg's posterior over the heads: compile the model with "
             "aggregator=kb.BayesAgg(...) and fit it past its warm-up."
         )
-    missing = model.aggregator.uncertainty_missing()
+    return model.aggregator.uncertainty_missing() or "the heads' served state has not been written yet."
+
+
+def check_available(model: keras.Model) -> None:
+    """Raise a ValueError that names what is missing when the model cannot give predictive uncertainty."""
+    missing = served_missing(model)
     if missing:
         raise ValueError(f"No predictive uncertainty for this model: {missing}")
 
 
 def uncertainty_outputs(model: keras.Model, inputs: Any) -> dict[str, tf.Tensor]:
-    """The flat uncertainty dict for one batch of inputs (traceable, XLA-compilable)."""
+    """The flat uncertainty dict for one batch of inputs from the heads' served state (traceable, XLA-compilable)."""
     h32 = tf.cast(model._representation(inputs, training=False), tf.float32)
-    return model.aggregator.predictive_uncertainty(h32, model._logits(h32))
+    logits = model._logits(h32)
+    out: dict[str, tf.Tensor] = {}
+    for name, head in model.heads.items():
+        out.update(head.served.outputs(name, h32, logits[name]))
+    return out
 
 
 def _batches(x: Any, batch_size: int) -> Any:
@@ -76,7 +95,7 @@ def export(
     each endpoint's signature and captured variables, as `keras.Model.export` does by default).
     """
     if uncertainty is None:
-        uncertainty = model.aggregator is not None and model.aggregator.uncertainty_missing() is None
+        uncertainty = served_missing(model) is None
     if uncertainty:
         check_available(model)
     signature = input_signature if input_signature is not None else get_input_signature(model)

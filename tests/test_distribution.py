@@ -44,6 +44,10 @@ def test_mirrored_strategy_equals_one_device():
     run_script("mirrored_script", "fast")
 
 
+def test_several_mirrored_strategies_in_one_process_train_after_an_uneven_last_batch():
+    run_script("second_strategy_script")
+
+
 @pytest.mark.slow
 def test_mirrored_strategy_equals_one_device_for_every_aggregator():
     run_script("mirrored_script", "all")

@@ -64,7 +64,7 @@ def test_regression_variance_and_binary_probabilities_against_the_stored_precisi
     out = model.predict_with_uncertainty(x)
     h = model.trunk(x).numpy().astype("float64")
     covariance = np.linalg.inv(aggregator.regression.prior_precision.numpy().astype("float64"))
-    noise = aggregator.predictive.noise_variance.numpy()
+    noise = model.heads["value"].served.noise_variance.numpy()
     expected = noise[0] * (1.0 + np.einsum("bp,pq,bq->b", h, covariance, h))
     np.testing.assert_allclose(out["value/variance"][:, 0], expected, rtol=1e-3)
     extended = np.concatenate([h, np.ones((len(h), 1))], axis=1)
@@ -102,7 +102,7 @@ def test_keras_round_trip_keeps_the_uncertainty_state(trained, tmp_path):
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
     np.testing.assert_array_equal(
-        restored.aggregator.predictive.noise_variance.numpy(), model.aggregator.predictive.noise_variance.numpy()
+        restored.heads["value"].served.noise_variance.numpy(), model.heads["value"].served.noise_variance.numpy()
     )
 
 
@@ -179,7 +179,7 @@ def test_regression_95_percent_intervals_cover_held_out_targets():
     inside = np.abs(test_labels["y"] - out["y/mean"][:, 0]) <= 1.96 * np.sqrt(out["y/variance"][:, 0])
     # Observed: noise variance 0.255 (true 0.25), coverage 0.944.
     assert 0.9 <= inside.mean() <= 0.99
-    np.testing.assert_allclose(model.aggregator.predictive.noise_variance.numpy(), 0.25, rtol=0.2)
+    np.testing.assert_allclose(model.heads["y"].served.noise_variance.numpy(), 0.25, rtol=0.2)
 
 
 def test_binary_predictive_probabilities_are_better_calibrated_than_the_overfit_head():

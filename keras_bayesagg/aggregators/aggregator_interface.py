@@ -33,6 +33,7 @@ class Aggregator(keras.layers.Layer):
 
     needs_task_gradients: bool = False
     needs_parameter_gradients: bool = False
+    needs_epoch_hooks: bool = False  # True: `model.end_epoch()` must run (loops without fit get a warning)
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, trainable=kwargs.pop("trainable", True), dtype="float32", **kwargs)
@@ -96,13 +97,19 @@ class Aggregator(keras.layers.Layer):
         """Extra callbacks `MultiTaskModel.fit` adds by itself, beyond `AggregatorHooks`."""
         return []
 
-    def uncertainty_missing(self) -> str | None:
-        """Why `predictive_uncertainty` cannot answer (None when it can). Default: no posterior is kept."""
-        return f"{type(self).__name__} keeps no posterior over the heads: compile with BayesAgg and train past its warm-up."
+    # The served state (what `predict_with_uncertainty` reads) belongs to the model's heads (served_state.py);
+    # an aggregator that maintains it gets references to it and writes it (BayesAgg, at each refresh).
+    def use_served_state(self, states: Mapping[str, Any]) -> None:
+        """The model hands over its heads' served states {task: ServedState or None}. Default: not used."""
 
-    def predictive_uncertainty(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """{"<task>/<quantity>": [B, ...]} from h [B, D] and the heads' logits (see docs/uncertainty.md)."""
-        raise ValueError(self.uncertainty_missing())
+    @property
+    def writes_served_state(self) -> bool:
+        """True when this aggregator keeps the heads' served state up to date (else compile clears it)."""
+        return False
+
+    def uncertainty_missing(self) -> str | None:
+        """Why the heads' served state is not written (yet). Default: this aggregator keeps no posterior."""
+        return f"{type(self).__name__} keeps no posterior over the heads: compile with BayesAgg and train past its warm-up."
 
     def later_version_variables(self) -> list[keras.Variable]:
         """Variables added after version 0.1.0, created after all older ones: a file without them still loads."""

@@ -60,6 +60,28 @@ def _xla_builtin_cholesky(matrix: tf.Tensor) -> tf.Tensor:
     return tf.linalg.cholesky(matrix)
 
 
+_traced_factor_specs: set[tuple[tuple[int, ...], str]] = set()
+
+
+def _first_factor(matrix: tf.Tensor) -> tf.Tensor:
+    """Eagerly (the once-per-epoch refreshes) the one-op factorization: the blocked one is faster per step but
+    compiles for seconds per shape. In a traced step the blocked one, its shape noted for `compile_traced_factors`."""
+    if tf.executing_eagerly():
+        return _xla_builtin_cholesky(matrix)
+    if matrix.shape.is_fully_defined():
+        _traced_factor_specs.add((tuple(matrix.shape.as_list()), matrix.dtype.name))
+    return _xla_cholesky(matrix)
+
+
+def compile_traced_factors() -> None:
+    """Compile now the blocked factorizations traced steps call. A step outside XLA compiles each one when it
+    first runs, so a branch first taken later (BayesAgg's after its warm-up) stalled there for seconds; called
+    after the first step, this moves that one-time cost to where the step's own tracing is paid."""
+    while _traced_factor_specs:
+        shape, dtype = _traced_factor_specs.pop()
+        _xla_cholesky(tf.eye(shape[-1], batch_shape=shape[:-2], dtype=dtype))
+
+
 def _is_finite_factor(factor: tf.Tensor) -> tf.Tensor:
     return tf.reduce_all(tf.math.is_finite(factor), axis=[-2, -1])
 
@@ -76,7 +98,7 @@ def safe_cholesky(matrix: tf.Tensor, relative_jitters: Sequence[float] = DEFAULT
     diag_scale = tf.where(diag_scale > 0, diag_scale, tf.ones_like(diag_scale))
     eye = tf.eye(n, dtype=matrix.dtype)
 
-    factor = _xla_cholesky(matrix)
+    factor = _first_factor(matrix)
     ok = _is_finite_factor(factor)
     if not relative_jitters:
         return SafeCholesky(factor, ok)

@@ -19,6 +19,8 @@ a representation gradient that are its own. On one replica both are the identity
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import weakref
 from typing import Callable, Mapping
 
 import tensorflow as tf
@@ -26,6 +28,34 @@ import tensorflow as tf
 from keras_bayesagg.aggregators import base
 
 TaskGradients = Callable[[tf.Tensor, Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]
+
+
+COLLECTIVE_INSTANCES_PER_STRATEGY = 1_000_000
+_instance_bases = itertools.count(1)
+_isolated_strategies: "weakref.WeakSet[tf.distribute.Strategy]" = weakref.WeakSet()
+
+
+def isolate_collective_keys(strategy: tf.distribute.Strategy) -> None:
+    """Give a MirroredStrategy collective instance keys no other strategy of this process uses.
+
+    The gather below is a collective op with a data-dependent shape (an uneven last batch). Every new
+    MirroredStrategy numbers its collective instances from the same start, and the runtime keeps what an
+    earlier strategy's op of the same key had: a second strategy in one process (a notebook, a sweep) then
+    fails with "Shape mismatch in the collective instance ..." for every model. Plain Keras does not gather.
+    TensorFlow offers no public setting; the counters live in the strategy's `CollectiveKeys`, and are moved
+    here to a range of their own while no key has been handed out (a no-op otherwise, or on other strategies).
+    """
+    keys = getattr(getattr(strategy.extended, "_collective_ops", None), "_collective_keys", None)
+    table = getattr(keys, "_instance_key_table", None)
+    if not isinstance(table, dict) or strategy in _isolated_strategies:
+        return
+    _isolated_strategies.add(strategy)
+    base = COLLECTIVE_INSTANCES_PER_STRATEGY * next(_instance_bases)
+    with keys._lock:
+        for counters in table.values():
+            for device, counter in counters.items():
+                if isinstance(counter, int) and counter < COLLECTIVE_INSTANCES_PER_STRATEGY:
+                    counters[device] = counter + base
 
 
 @dataclasses.dataclass(frozen=True)

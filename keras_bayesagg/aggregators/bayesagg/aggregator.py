@@ -69,6 +69,7 @@ class BayesAgg(PredictiveServing, Aggregator):
     """
 
     needs_task_gradients = True
+    needs_epoch_hooks = True  # the full-data refresh runs at each epoch end
 
     def __init__(
         self,
@@ -288,10 +289,13 @@ class BayesAgg(PredictiveServing, Aggregator):
             return {}
         return self.regression.posterior_kernels()
 
+    def later_output_state(self) -> list[keras.Variable]:
+        """The per-output regression state (partly labelled data), created last."""
+        return list(self.regression.output_state) if self.built and self.regression else []
+
     def later_version_variables(self) -> list[keras.Variable]:
         """The predictive part's variables, then the per-output regression state (partly labelled data)."""
-        output_state = list(self.regression.output_state) if self.built and self.regression else []
-        return super().later_version_variables() + output_state
+        return super().later_version_variables() + self.later_output_state()
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -1,13 +1,15 @@
-"""BayesAgg's serving-time uncertainty: the state it needs beside the priors, and the predictive outputs.
+"""BayesAgg's serving side: the epoch statistics the served noise variance needs, and the writes of the heads'
+served state (`keras_bayesagg/served_state.py`) at each refresh.
 
-At each refresh of the full-data posterior (epoch end after warm-up) this part also stores
-- per regression output, the noise variance σ² from the epoch's residuals (Σy² and the row count
-  are summed during the epoch beside Σhhᵀ and Σh·y: no extra pass over the data);
-- per classification group, the covariance Σ = Λ⁻¹ of its full-data precision, so serving is matrix
-  products (XLA-compilable, no factorization per request).
-The variables are created after all of BayesAgg's older ones (creation order is the save order) and
-are listed by `later_version_variables`, so files of version 0.1.0, which lack them, still load.
-Formulas: `keras_bayesagg.bayes.predictive`.
+The served state itself belongs to the model's heads (it is what `predict_with_uncertainty` reads, so it is in
+`model.weights`); BayesAgg keeps only training-time sums: Σy² and the row count of the epoch, summed beside
+Σhhᵀ and Σh·y (no extra pass over the data). At each refresh of the full-data posterior it writes, per head,
+- regression: the noise variance σ² per output from the epoch's residuals and the posterior covariance per
+  output (the shared Λ_F⁻¹, or output o's own after partly labelled data);
+- classification: the covariance Σ = Λ⁻¹ of the group's full-data precision, split per head (binary outputs
+  are blocks of the binary group), so serving is matrix products (XLA-compilable, no factorization per request).
+Version 0.2.0 kept that served state among BayesAgg's variables (after Σy² and the row count): `legacy_shapes`
+and `hand_over` load such files into the heads. Formulas: `keras_bayesagg.bayes.predictive`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_bayesagg.aggregators.bayesagg.regression_part import uniform_weights
 from keras_bayesagg.bayes import predictive
-from keras_bayesagg.bayes.classification import with_bias_feature
 from keras_bayesagg.bayes.linalg import inverse_from_cholesky, safe_cholesky
 
 
 class PredictivePart:
-    """Noise variances, classification covariances and a ready flag (variables owned by `owner`)."""
+    """Σy² and the row count of the epoch (variables owned by `owner`) and the served-state writes."""
 
     def __init__(self, owner: keras.layers.Layer, regression: Any, groups: Sequence[Any], dtype: str) -> None:
         self.regression, self.groups, self.dtype = regression, list(groups), dtype
@@ -37,16 +39,14 @@ class PredictivePart:
             outputs = sum(regression.task_units.values())
             self.target_square_sum = state("regression_target_square_sum", (outputs,))
             self.rows = state("regression_rows", ())
-            self.noise_variance = state("regression_noise_variance", (outputs,), "ones")
-            self.variables += [self.target_square_sum, self.rows, self.noise_variance]
-        self.covariances = []
-        for group in self.groups:
-            shape = tuple(group.prior_precision.shape)
-            self.covariances.append(state(f"{group.prefix}_posterior_covariance", shape))
-        self.variables += self.covariances
-        # 1 once this part was refreshed with the posterior (0 in files of version 0.1.0).
-        self.ready = state("uncertainty_ready", ())
-        self.variables.append(self.ready)
+            self.variables += [self.target_square_sum, self.rows]
+        self.served: dict[str, Any] = {}  # the heads' served states, handed over by the model
+
+    def legacy_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the served variables version 0.2.0 kept here: noise variance, a covariance per group, ready."""
+        shapes = [(self.regression.outputs,)] if self.regression is not None else []
+        shapes += [tuple(group.prior_precision.shape) for group in self.groups]
+        return shapes + [()]
 
     def collect(self, targets: tf.Tensor | None, present: tf.Tensor) -> list[Callable[[], Any]]:
         """The write that adds this step's Σ w y² and total weight Σ w (regression targets [B, O], 0 where the
@@ -74,13 +74,48 @@ class PredictivePart:
 
     def refresh(self) -> None:
         """After the parts refreshed their posteriors from this epoch (before its sums are reset)."""
+        noise = self._noise_variance() if self.regression is not None else None
+        covariances = [self._covariance(group) if self._serves(group) else None for group in self.groups]
+        self._write(noise, covariances)
+
+    def hand_over(self, values: Sequence[np.ndarray]) -> None:
+        """Write the served state a version 0.2.0 file kept here (`legacy_shapes` order) into the heads."""
+        if float(values[-1]) <= 0.0:
+            return  # never refreshed
+        noise = tf.constant(values[0]) if self.regression is not None else None
+        offset = 1 if self.regression is not None else 0
+        covariances = [tf.constant(values[offset + index]) for index in range(len(self.groups))]
+        self._write(noise, covariances)
+
+    def _serves(self, group: Any) -> bool:
+        return any(self.served.get(name) is not None for name in group.task_units)
+
+    @staticmethod
+    def _covariance(group: Any) -> tf.Tensor:
+        factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
+        inverse = inverse_from_cholesky(factor)
+        return 0.5 * (inverse + tf.linalg.matrix_transpose(inverse))
+
+    def _write(self, noise: tf.Tensor | None, covariances: Sequence[tf.Tensor | None]) -> None:
         if self.regression is not None:
-            self.noise_variance.assign(self._noise_variance())
-        for group, covariance in zip(self.groups, self.covariances):
-            factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
-            inverse = inverse_from_cholesky(factor)
-            covariance.assign(0.5 * (inverse + tf.linalg.matrix_transpose(inverse)))
-        self.ready.assign(tf.ones_like(self.ready))
+            part, start = self.regression, 0
+            per_output = bool(part.output_state) and float(part.output_priors.numpy()) > 0
+            for name, units in part.task_units.items():
+                state = self.served.get(name)
+                if state is not None:
+                    if per_output:
+                        covariance = part.output_prior_covariance[start : start + units]
+                    else:
+                        covariance = tf.tile(tf.convert_to_tensor(part.prior_covariance)[None], [units, 1, 1])
+                    state.write(covariance, noise[start : start + units])
+                start += units
+        for group, covariance in zip(self.groups, covariances):
+            start = 0
+            for name, units in group.task_units.items():
+                state = self.served.get(name)
+                if state is not None and covariance is not None:
+                    state.write(covariance if group.multiclass else covariance[start : start + units])
+                start += units
 
     def _noise_variance(self) -> tf.Tensor:
         """σ² per regression output from the epoch's statistics; per output after partly labelled batches."""
@@ -100,80 +135,58 @@ class PredictivePart:
             )
         return tf.concat(variances, axis=0)
 
-    def _regression_variance(self, h: tf.Tensor) -> tf.Tensor:
-        """σ_o²(1 + hᵀΣ_o h) [B, O], Σ_o the shared covariance or, after partly labelled data, output o's own."""
-        part, noise = self.regression, tf.convert_to_tensor(self.noise_variance)
-
-        def shared() -> tf.Tensor:
-            return predictive.regression_predictive_variance(h, tf.convert_to_tensor(part.prior_covariance), noise)
-
-        def per_output() -> tf.Tensor:
-            covariances = tf.convert_to_tensor(part.output_prior_covariance)
-            return (1.0 + predictive.quadratic_forms(h, covariances)) * noise[None, :]
-
-        if not part.output_state:
-            return shared()
-        return tf.cond(tf.convert_to_tensor(part.output_priors) > 0.0, per_output, shared)
-
-    def outputs(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Flat {"<task>/mean", "<task>/variance"} for regression and {"<task>/probabilities",
-        "<task>/entropy"} for binary and multiclass tasks, float32, from h [B, D] and the heads' logits."""
-        h = tf.cast(features, self.dtype)
-        out: dict[str, tf.Tensor] = {}
-        if self.regression is not None:
-            variance = self._regression_variance(h)
-            start = 0
-            for name, units in self.regression.task_units.items():
-                out[f"{name}/mean"] = tf.cast(logits[name], tf.float32)  # the head: what `predict` returns
-                out[f"{name}/variance"] = tf.cast(variance[:, start : start + units], tf.float32)
-                start += units
-        extended = with_bias_feature(h)
-        for group, covariance in zip(self.groups, self.covariances):
-            covariance = tf.convert_to_tensor(covariance)
-            if group.multiclass:
-                (name,) = group.task_units
-                mean = tf.cast(logits[name], self.dtype)
-                probabilities = predictive.mean_field_softmax(
-                    mean, predictive.logit_covariance(extended, covariance[0], group.label_columns)
-                )
-                entropy = predictive.categorical_entropy(probabilities)[:, None]
-                out[f"{name}/probabilities"] = tf.cast(probabilities, tf.float32)
-                out[f"{name}/entropy"] = tf.cast(entropy, tf.float32)
-                continue
-            spread = predictive.quadratic_forms(extended, covariance)  # [B, outputs of the set]
-            start = 0
-            for name, units in group.task_units.items():
-                mean = tf.cast(logits[name], self.dtype)
-                probabilities = predictive.probit_probability(mean, spread[:, start : start + units])
-                out[f"{name}/probabilities"] = tf.cast(probabilities, tf.float32)
-                out[f"{name}/entropy"] = tf.cast(predictive.binary_entropy(probabilities), tf.float32)
-                start += units
-        return out
-
 
 class PredictiveServing:
     """The serving side of BayesAgg (a mixin of the aggregator, which owns `predictive`)."""
 
     predictive: PredictivePart
 
+    def use_served_state(self, states: Mapping[str, Any]) -> None:
+        """The model hands over its heads' served states (None for a head without one): refreshes write them."""
+        super().use_served_state(states)
+        if self.built:
+            self.predictive.served = dict(states)
+
+    @property
+    def writes_served_state(self) -> bool:
+        return True
+
     def later_version_variables(self) -> list[keras.Variable]:
         return list(self.predictive.variables) if self.built else []
 
     def uncertainty_missing(self) -> str | None:
-        """Why predictive uncertainty is not available yet, or None when it is."""
+        """Why BayesAgg has not written the heads' served state yet."""
         if not self.built:
             return "BayesAgg is not built yet: fit the model (past its warm-up) first."
-        if float(self.predictive.ready.numpy()) > 0:
-            return None
         if int(self.completed_epochs.numpy()) >= max(self.warmup_epochs, 1):
             return (
                 "BayesAgg's full-data posterior was refreshed by an older version (0.1.0) that kept no noise "
-                "variance or posterior covariance; train one more epoch to compute them."
+                "variance or posterior covariance (or the served state was cleared by compiling another "
+                "aggregator); train one more epoch to compute them."
             )
         return (
             "BayesAgg has not refreshed a full-data posterior yet: it does at the end of the first epoch after "
             f"its warm-up (warmup_epochs={self.warmup_epochs}; completed epochs: {int(self.completed_epochs.numpy())})."
         )
 
-    def predictive_uncertainty(self, features: tf.Tensor, logits: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return self.predictive.outputs(features, logits)
+    def load_own_variables(self, store: Any) -> None:
+        # Version 0.2.0 kept the served state here, between Σy²/rows and the per-output regression state.
+        stored = [key for key in store.keys() if str(key).isdigit()]
+        own = self._trainable_variables + self._non_trainable_variables
+        legacy = self.predictive.legacy_shapes() if self.built else []
+        if not self.built or len(stored) != len(own) + len(legacy):
+            super().load_own_variables(store)
+            return
+        first = len(own) - len(self.later_output_state())  # Σy² and rows end just before
+        remapped = {key: store[key] for key in store.keys() if not str(key).isdigit()}
+        for index in range(len(own)):
+            remapped[str(index)] = store[str(index if index < first else index + len(legacy))]
+        values = [np.asarray(store[str(first + index)]) for index in range(len(legacy))]
+        if [tuple(value.shape) for value in values] != [tuple(shape) for shape in legacy]:
+            super().load_own_variables(store)  # not a 0.2.0 layout: the base class reports the mismatch
+            return
+        super().load_own_variables(remapped)
+        self.predictive.hand_over(values)
+
+    def later_output_state(self) -> list[keras.Variable]:
+        return []
