@@ -5,7 +5,7 @@ Four tasks of every kind — species (3 classes), sex (binary), body mass and fl
 multi-task model with linear scalarization and with BayesAgg (the paper's fixed γ = 0.005 and
 prior_variance="auto"), and prints a per-task table on the held-out split with Δm% (lower is
 better) and one sentence on what it means. Prints each run (method, seed, seconds) as it finishes;
-about 1.5-2 minutes on two CPU cores (docs/when-it-helps.md gives the measured figure).
+about 2 minutes on two CPU cores (107 s measured; docs/when-it-helps.md).
 
     python examples/penguins_demo.py [--epochs 80] [--seeds 2]
 """
