@@ -35,6 +35,7 @@ from keras_bayesagg.tasks import Regression
 
 LINALG_DTYPES = ("float32", "float64")
 MOMENTS = ("exact", "monte_carlo")
+MULTICLASS_POSTERIORS = ("full", "kronecker")
 INITIAL_AUTO_PRIOR_VARIANCE = 0.005  # the paper's γ, where the evidence iteration starts
 
 
@@ -60,6 +61,9 @@ class BayesAgg(PredictiveServing, Aggregator):
             (moved to host memory after steps); at least the rows of one `steps_per_execution` call.
         memory_limit_gb: refuse task layouts whose state and per-step work would take more
             (estimated before allocating; None: no check).
+        multiclass_posterior: "full" (default, the paper): the GGN posterior of a C-class head, C(D+1)
+            square; "kronecker": a Kronecker-factored one (memory O(C² + D²), docs/method.md) for heads of
+            more than two classes, Monte Carlo moments in either case.
 
     Missing labels: each sample's weights are normalized over its present task units and the
     aggregated gradient is averaged over the samples with at least one label (over B when fully labelled).
@@ -81,6 +85,7 @@ class BayesAgg(PredictiveServing, Aggregator):
         linalg_dtype: str = "float32",
         feature_buffer_rows: int = 8192,
         memory_limit_gb: float | None = 4.0,
+        multiclass_posterior: str = "full",
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -101,13 +106,15 @@ class BayesAgg(PredictiveServing, Aggregator):
         self.linalg_dtype = validation.one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
         self.feature_buffer_rows = validation.whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
         self.memory_limit_gb = validation.optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
+        self.multiclass_posterior = validation.one_of(
+            "BayesAgg", "multiclass_posterior", multiclass_posterior, MULTICLASS_POSTERIORS
+        )
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
     def build_state(self, layout: TaskLayout) -> None:
-        memory.refuse_if_too_large(
-            layout, self.num_samples, 8 if self.linalg_dtype == "float64" else 4, self.memory_limit_gb
-        )
+        itemsize = 8 if self.linalg_dtype == "float64" else 4
+        memory.refuse_if_too_large(layout, self.num_samples, itemsize, self.memory_limit_gb, self.multiclass_posterior)
         dim = layout.representation_dim
         self.completed_epochs = self.add_weight(
             name="completed_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
@@ -122,7 +129,9 @@ class BayesAgg(PredictiveServing, Aggregator):
             dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
         )
         self.regression = RegressionPart(self, regression, **common) if regression else None
-        self.groups = classification_groups(self, layout, exact=self.moments == "exact", **common)
+        self.groups = classification_groups(
+            self, layout, exact=self.moments == "exact", multiclass_posterior=self.multiclass_posterior, **common
+        )
         self.regression_columns = layout.unit_columns(regression)
         self.staging = None
         if self.groups:
@@ -296,4 +305,5 @@ class BayesAgg(PredictiveServing, Aggregator):
             "linalg_dtype": self.linalg_dtype,
             "feature_buffer_rows": self.feature_buffer_rows,
             "memory_limit_gb": self.memory_limit_gb,
+            "multiclass_posterior": self.multiclass_posterior,
         }

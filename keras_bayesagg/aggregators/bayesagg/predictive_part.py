@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from keras_bayesagg.aggregators.bayesagg.kronecker_group import KroneckerServedState
 from keras_bayesagg.bayes import predictive
 from keras_bayesagg.bayes.classification import with_bias_feature
 from keras_bayesagg.bayes.linalg import inverse_from_cholesky, safe_cholesky
@@ -38,11 +39,16 @@ class PredictivePart:
             self.rows = state("regression_rows", ())
             self.noise_variance = state("regression_noise_variance", (outputs,), "ones")
             self.variables += [self.target_square_sum, self.rows, self.noise_variance]
-        self.covariances = []
+        self.covariances = []  # per group: a covariance variable, or a Kronecker head's served state
         for group in self.groups:
+            if getattr(group, "kronecker", False):
+                served = KroneckerServedState(owner, group)
+                self.covariances.append(served)
+                self.variables += served.variables
+                continue
             shape = tuple(group.prior_precision.shape)
             self.covariances.append(state(f"{group.prefix}_posterior_covariance", shape))
-        self.variables += self.covariances
+            self.variables.append(self.covariances[-1])
         # 1 once this part was refreshed with the posterior (0 in files of version 0.1.0).
         self.ready = state("uncertainty_ready", ())
         self.variables.append(self.ready)
@@ -76,6 +82,9 @@ class PredictivePart:
         if self.regression is not None:
             self.noise_variance.assign(self._noise_variance())
         for group, covariance in zip(self.groups, self.covariances):
+            if isinstance(covariance, KroneckerServedState):
+                covariance.refresh()
+                continue
             factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
             inverse = inverse_from_cholesky(factor)
             covariance.assign(0.5 * (inverse + tf.linalg.matrix_transpose(inverse)))
@@ -128,6 +137,12 @@ class PredictivePart:
                 start += units
         extended = with_bias_feature(h)
         for group, covariance in zip(self.groups, self.covariances):
+            if isinstance(covariance, KroneckerServedState):
+                (name,) = group.task_units
+                probabilities = covariance.probabilities(h, tf.cast(logits[name], self.dtype))
+                out[f"{name}/probabilities"] = tf.cast(probabilities, tf.float32)
+                out[f"{name}/entropy"] = tf.cast(predictive.categorical_entropy(probabilities)[:, None], tf.float32)
+                continue
             covariance = tf.convert_to_tensor(covariance)
             if group.multiclass:
                 (name,) = group.task_units
