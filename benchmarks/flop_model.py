@@ -59,9 +59,9 @@ def matmul_rate(steps: int) -> float:
 def binary_parts(batch: int, dim: int, outputs: int, num_samples: int):
     width = dim + 1
     rng = np.random.default_rng(0)
-    h = tf.constant(rng.normal(size=(batch, dim)).astype("float32") / np.sqrt(dim))
+    h = tf.constant(rng.normal(size=(batch, dim)) / np.sqrt(dim), tf.float32)
     y = tf.constant((rng.random((batch, outputs)) > 0.5).astype("float32"))
-    w = tf.constant(rng.normal(size=(outputs, width)).astype("float32") * 0.1)
+    w = tf.constant(rng.normal(size=(outputs, width)) * 0.1, tf.float32)
     prior = tf.eye(width, batch_shape=[outputs]) * 200.0 + 0.0
     curvature = classification.binary_curvature(h, y, w)
     posterior = classification.newton_posterior(curvature, w, prior, tf.zeros_like(w))
@@ -91,9 +91,9 @@ def multiclass_parts(batch: int, dim: int, classes: int, num_samples: int):
     width, size = dim + 1, classes * (dim + 1)
     pairs = classes * (classes + 1) // 2
     rng = np.random.default_rng(1)
-    h = tf.constant(rng.normal(size=(batch, dim)).astype("float32") / np.sqrt(dim))
+    h = tf.constant(rng.normal(size=(batch, dim)) / np.sqrt(dim), tf.float32)
     y = tf.one_hot(rng.integers(0, classes, batch), classes)
-    w = tf.constant(rng.normal(size=(classes, width)).astype("float32") * 0.1)
+    w = tf.constant(rng.normal(size=(classes, width)) * 0.1, tf.float32)
     flat = tf.reshape(w, [1, -1])
     prior = tf.eye(size, batch_shape=[1]) * 200.0
     curvature = classification.multiclass_curvature(h, y, w)
