@@ -72,7 +72,9 @@ class BayesAgg(PredictiveServing, Aggregator):
     """
 
     needs_task_gradients = True
-    compile_bayesian_part = True  # False: the Bayesian part runs as the model's step does (benchmarks compare)
+    # True: the Bayesian part is one XLA cluster also in graph-mode steps. Off by default: it adds 5-10 s of
+    # compilation per fit and its gain was not measurable on the loaded machine (benchmarks/interleaved.py).
+    compile_bayesian_part = False
 
     def __init__(
         self,
