@@ -89,7 +89,7 @@ def test_the_trunk_update_points_where_the_full_ggns_does_after_identical_traini
     assert not np.allclose(weights, 1.0)  # BayesAgg's weights, not the warm-up's
 
 
-def test_evidence_prior_variance_and_serving_uncertainty_with_the_kronecker_posterior():
+def test_evidence_prior_variance_and_serving_uncertainty_with_the_kronecker_posterior(tmp_path):
     x, labels = _data(1)
     model = _model()
     _compile(model, "kronecker", prior_variance="auto")
@@ -109,6 +109,12 @@ def test_evidence_prior_variance_and_serving_uncertainty_with_the_kronecker_post
     )  # the full path's serving rule with the Kronecker covariance made dense
     np.testing.assert_allclose(out["kind/probabilities"], expected, atol=2e-5)
     assert np.abs(out["kind/probabilities"] - probabilities).max() > 1e-4  # the posterior changes something
+    path = str(tmp_path / "kronecker.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.aggregator.multiclass_posterior == "kronecker"
+    for key, value in restored.predict_with_uncertainty(x[:32]).items():
+        np.testing.assert_allclose(value, out[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_config_round_trip_and_bad_value():
