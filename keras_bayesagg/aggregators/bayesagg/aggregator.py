@@ -72,9 +72,7 @@ class BayesAgg(PredictiveServing, Aggregator):
     """
 
     needs_task_gradients = True
-    # True: the Bayesian part is one XLA cluster also in graph-mode steps. Off by default: it adds 5-10 s of
-    # compilation per fit and its gain was not measurable on the loaded machine (benchmarks/interleaved.py).
-    compile_bayesian_part = False
+    compile_bayesian_part = False  # True: one XLA cluster in graph-mode steps too (docs/benchmarks.md, issue 19)
 
     def __init__(
         self,
@@ -186,8 +184,6 @@ class BayesAgg(PredictiveServing, Aggregator):
             weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(combined.weights, axis=2), axis=0) / samples
             return combined.gradient / samples, weights, failed
 
-        # One XLA cluster for all of the Bayesian part, also in graph-mode steps: hundreds of small ops
-        # (per-block solves, quadrature, aggregation) otherwise cost more in dispatch than in arithmetic.
         if self.compile_bayesian_part and not tf.executing_eagerly():  # eager steps would compile every call
             bayesian = tf.function(bayesian, jit_compile=True, autograph=False)
         gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
