@@ -3,7 +3,7 @@
 Plain TensorFlow functions with no Keras state, so each can be tested alone.
 """
 
-from keras_bayesagg.bayes import classification, evidence, exact_moments, regression
+from keras_bayesagg.bayes import classification, evidence, exact_moments, kronecker, regression
 from keras_bayesagg.bayes.aggregation import (
     InverseVarianceAggregate,
     inverse_variance_aggregate,
@@ -24,6 +24,7 @@ __all__ = [
     "inverse_diagonal",
     "inverse_from_cholesky",
     "inverse_variance_aggregate",
+    "kronecker",
     "regression",
     "regression_evidence_variance",
     "safe_cholesky",

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bayesagg.bayes.classification import ClassificationPosterior, with_bias_feature
-from keras_bayesagg.bayes.linalg import inverse_diagonal
+from keras_bayesagg.bayes.linalg import triangular_inverse
 from keras_bayesagg.bayes.regression import GradientMoments
 
 DEFAULT_NUM_NODES = 32
@@ -94,12 +94,14 @@ def binary_gradient_moments_exact(
     with B right-hand sides per block, diag(Σ) comes from the factor.
     """
     extended = with_bias_feature(features)
-    factor = posterior.precision_factor
-    transposed = tf.transpose(extended)  # B right-hand sides [D+1, B]
-    right_hand_sides = tf.broadcast_to(transposed, tf.concat([tf.shape(factor)[:1], tf.shape(transposed)], 0))
-    covariance_features = tf.linalg.matrix_transpose(tf.linalg.cholesky_solve(factor, right_hand_sides))  # [O, B, D+1]
+    # Σh̃ = L⁻ᵀ(L⁻¹h̃) and diag Σ = Σ_k (L⁻¹)_kj², both from one blocked triangular inverse: matrix products
+    # instead of two triangular solves with B right-hand sides per block (slow under XLA on CPU).
+    inverse_factor = triangular_inverse(posterior.precision_factor)  # [O, n, n]
+    whitened = tf.einsum("okp,bp->obk", inverse_factor, extended)  # (L⁻¹h̃)ᵀ [O, B, n]
+    covariance_features = tf.matmul(whitened, inverse_factor)  # (L⁻ᵀL⁻¹h̃)ᵀ = (Σh̃)ᵀ [O, B, n]
+    covariance_diag = tf.reduce_sum(tf.square(inverse_factor), axis=-2)
     return _moments_from_marginals(
-        posterior.mean, covariance_features, inverse_diagonal(factor), tf.transpose(labels), extended, num_nodes
+        posterior.mean, covariance_features, covariance_diag, tf.transpose(labels), extended, num_nodes
     )
 
 

@@ -35,6 +35,7 @@ from keras_bayesagg.tasks import Regression
 
 LINALG_DTYPES = ("float32", "float64")
 MOMENTS = ("exact", "monte_carlo")
+MULTICLASS_POSTERIORS = ("full", "kronecker")
 INITIAL_AUTO_PRIOR_VARIANCE = 0.005  # the paper's γ, where the evidence iteration starts
 
 
@@ -60,6 +61,9 @@ class BayesAgg(PredictiveServing, Aggregator):
             (moved to host memory after steps); at least the rows of one `steps_per_execution` call.
         memory_limit_gb: refuse task layouts whose state and per-step work would take more
             (estimated before allocating; None: no check).
+        multiclass_posterior: "full" (default, the paper): the GGN posterior of a C-class head, C(D+1)
+            square; "kronecker": a Kronecker-factored one (memory O(C² + D²), docs/method.md) for heads of
+            more than two classes, Monte Carlo moments in either case.
 
     Missing labels and sample weights: each sample's weights α are normalized over its present task
     units, unit k's share of sample i is w_ik·α_ik (w: the sample weight, 0 for a missing label), and the
@@ -70,6 +74,7 @@ class BayesAgg(PredictiveServing, Aggregator):
 
     needs_task_gradients = True
     needs_epoch_hooks = True  # the full-data refresh runs at each epoch end
+    compile_bayesian_part = False  # True: one XLA cluster in graph-mode steps too (docs/benchmarks.md, issue 19)
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class BayesAgg(PredictiveServing, Aggregator):
         linalg_dtype: str = "float32",
         feature_buffer_rows: int = 8192,
         memory_limit_gb: float | None = 4.0,
+        multiclass_posterior: str = "full",
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -103,6 +109,9 @@ class BayesAgg(PredictiveServing, Aggregator):
         self.linalg_dtype = validation.one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
         self.feature_buffer_rows = validation.whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
         self.memory_limit_gb = validation.optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
+        self.multiclass_posterior = validation.one_of(
+            "BayesAgg", "multiclass_posterior", multiclass_posterior, MULTICLASS_POSTERIORS
+        )
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
@@ -122,7 +131,9 @@ class BayesAgg(PredictiveServing, Aggregator):
             dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
         )
         self.regression = RegressionPart(self, regression, **common) if regression else None
-        self.groups = classification_groups(self, layout, exact=self.moments == "exact", **common)
+        self.groups = classification_groups(
+            self, layout, exact=self.moments == "exact", multiclass_posterior=self.multiclass_posterior, **common
+        )
         self.regression_columns = layout.unit_columns(regression)
         self.staging = None
         if self.groups:
@@ -185,6 +196,8 @@ class BayesAgg(PredictiveServing, Aggregator):
             weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(shares, axis=2), axis=0) / samples
             return gradient / samples, weights, failed
 
+        if self.compile_bayesian_part and not tf.executing_eagerly():  # eager steps would compile every call
+            bayesian = tf.function(bayesian, jit_compile=True, autograph=False)
         gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
         staged = [tf.concat([labels, mask], axis=1) for labels, mask in zip(group_labels, group_present)]
         collect = self._collect(features, targets, regression_present, inputs.representation, staged)
@@ -310,4 +323,5 @@ class BayesAgg(PredictiveServing, Aggregator):
             "linalg_dtype": self.linalg_dtype,
             "feature_buffer_rows": self.feature_buffer_rows,
             "memory_limit_gb": self.memory_limit_gb,
+            "multiclass_posterior": self.multiclass_posterior,
         }

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.aggregators.bayesagg.kronecker_group import KroneckerGroup
 from keras_bayesagg.bayes import classification, evidence, exact_moments
 from keras_bayesagg.bayes.regression import GradientMoments
 from keras_bayesagg.tasks import Binary, Multiclass
@@ -188,9 +189,10 @@ class ClassificationGroup:
 
 
 def classification_groups(
-    owner: keras.layers.Layer, layout: TaskLayout, exact: bool, **common: Any
-) -> list[ClassificationGroup]:
-    """The groups of a layout, in layout order: all binary outputs together, then each multiclass head."""
+    owner: keras.layers.Layer, layout: TaskLayout, exact: bool, multiclass_posterior: str = "full", **common: Any
+) -> list[ClassificationGroup | KroneckerGroup]:
+    """The groups of a layout, in layout order: all binary outputs together, then each multiclass head
+    (a `KroneckerGroup` for heads of more than two classes when `multiclass_posterior` is "kronecker")."""
     groups = []
     binary = {name: layout.tasks[name].units for name in layout.names_of(Binary)}
     if binary:
@@ -201,11 +203,14 @@ def classification_groups(
     for name in layout.names_of(Multiclass):
         units = {name: layout.tasks[name].units}
         columns = layout.unit_columns([name])
+        if multiclass_posterior == "kronecker" and layout.tasks[name].units > 2:
+            groups.append(KroneckerGroup(owner, name, units, columns=columns, **common))
+            continue
         groups.append(ClassificationGroup(owner, name, units, multiclass=True, exact=exact, columns=columns, **common))
     return groups
 
 
-def group_holding(groups: list[ClassificationGroup], task_name: str) -> ClassificationGroup:
+def group_holding(groups: list[Any], task_name: str) -> Any:
     """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
     for group in groups:
         if task_name in group.task_units:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.bayes import kronecker
 from keras_bayesagg.tasks import Binary, Multiclass, Regression
 
 GIB = 2.0**30
@@ -21,7 +22,9 @@ class MemoryItem(NamedTuple):
     knob: str
 
 
-def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int) -> list[MemoryItem]:
+def estimate(
+    layout: TaskLayout, num_samples: int, itemsize: int, batch: int, multiclass_posterior: str = "full"
+) -> list[MemoryItem]:
     """State plus per-step working memory of each group of tasks, in bytes (dominant terms)."""
     dim, width = layout.representation_dim, layout.representation_dim + 1
     items = []
@@ -43,7 +46,9 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int) ->
         draws = 3 * binary * (width + batch) * num_samples  # sampled weights and residuals
         items.append(MemoryItem("binary tasks", itemsize * (blocks + draws), "fewer num_samples or a smaller D"))
     for name, task in layout.tasks.items():
-        if isinstance(task, Multiclass):
+        if isinstance(task, Multiclass) and multiclass_posterior == "kronecker" and task.num_classes > 2:
+            items.append(_kronecker_item(name, task.num_classes, dim, num_samples, itemsize, batch))
+        elif isinstance(task, Multiclass):
             classes, size = task.num_classes, task.num_classes * width
             pairs = classes * (classes + 1) // 2
             matrices = 6 * size * size  # prior, class grams, GGN, precision, factor, served covariance
@@ -52,7 +57,8 @@ def estimate(layout: TaskLayout, num_samples: int, itemsize: int, batch: int) ->
                 MemoryItem(
                     f"multiclass task '{name}' ({classes} classes)",
                     itemsize * (matrices + draws),
-                    "fewer num_samples (per-step memory grows as S·C²·(B + D)), fewer classes or a smaller D",
+                    'multiclass_posterior="kronecker" (memory O(C² + D²)), fewer num_samples (per-step memory '
+                    "grows as S·C²·(B + D)), fewer classes or a smaller D",
                 )
             )
     return items
@@ -66,8 +72,27 @@ def readable(size: float) -> str:
     return f"{size:.0f} B"
 
 
+def _kronecker_item(name: str, classes: int, dim: int, num_samples: int, itemsize: int, batch: int) -> MemoryItem:
+    """Bases and served bases (2C² + 2n²), λ_F, mean, served λ, batch λ and mean (5Cn), and one chunk of draws:
+    noise [chunk, C, n], four [chunk, B, C] and three [chunk, B, max(n, D)] tensors (`kronecker.draw_chunk`)."""
+    width = dim + 1
+    chunk = kronecker.draw_chunk(num_samples, classes, width, batch)
+    state = 2 * classes * classes + 2 * width * width + 5 * classes * width
+    draws = chunk * (classes * width + 4 * batch * classes + 3 * batch * width)
+    return MemoryItem(
+        f"multiclass task '{name}' ({classes} classes, Kronecker posterior)",
+        itemsize * (state + draws),
+        "fewer classes or a smaller D",
+    )
+
+
 def refuse_if_too_large(
-    layout: TaskLayout, num_samples: int, itemsize: int, limit_gb: float | None, batch_size: int | None = None
+    layout: TaskLayout,
+    num_samples: int,
+    itemsize: int,
+    limit_gb: float | None,
+    batch_size: int | None = None,
+    multiclass_posterior: str = "full",
 ) -> None:
     """Raise a MemoryError naming the largest part when the estimate at `batch_size` exceeds `limit_gb` GiB.
 
@@ -77,7 +102,7 @@ def refuse_if_too_large(
     if limit_gb is None:
         return
     batch = 1 if batch_size is None else int(batch_size)
-    items = estimate(layout, num_samples, itemsize, batch)
+    items = estimate(layout, num_samples, itemsize, batch, multiclass_posterior)
     total = sum(item.bytes for item in items)
     if total <= limit_gb * GIB:
         return
@@ -101,4 +126,11 @@ def refuse_if_too_large(
 def refuse_for(aggregator: Any, batch_size: int | None) -> None:
     """`refuse_if_too_large` for a BayesAgg instance (its layout, num_samples, linalg dtype and limit)."""
     itemsize = 8 if aggregator.linalg_dtype == "float64" else 4
-    refuse_if_too_large(aggregator.layout, aggregator.num_samples, itemsize, aggregator.memory_limit_gb, batch_size)
+    refuse_if_too_large(
+        aggregator.layout,
+        aggregator.num_samples,
+        itemsize,
+        aggregator.memory_limit_gb,
+        batch_size,
+        getattr(aggregator, "multiclass_posterior", "full"),
+    )

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bayesagg.aggregators.bayesagg.regression_part import uniform_weights
-from keras_bayesagg.bayes import predictive
+from keras_bayesagg.bayes import kronecker, predictive
 from keras_bayesagg.bayes.linalg import inverse_from_cholesky, safe_cholesky
 
 
@@ -92,6 +92,9 @@ class PredictivePart:
 
     @staticmethod
     def _covariance(group: Any) -> tf.Tensor:
+        if getattr(group, "kronecker", False):  # Q diag(1/λ) Qᵀ: the dense form the head serves (when it fits)
+            inverse = tf.math.reciprocal(tf.convert_to_tensor(group.prior_precision))
+            return kronecker.dense_precision(group.basis(), inverse)[None]
         factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
         inverse = inverse_from_cholesky(factor)
         return 0.5 * (inverse + tf.linalg.matrix_transpose(inverse))

@@ -1,0 +1,94 @@
+"""Step-time ratios robust to a shared, loaded machine: the models' compiled steps run interleaved.
+
+    python benchmarks/interleaved.py --preset cifar-mtl-cnn --rounds 15
+    python benchmarks/interleaved.py --preset utkface-heads --rounds 10
+    python benchmarks/interleaved.py --classes 1000 --dim 256 --num-samples 16 --rounds 10
+
+`step_time.py` times one model after the other, so a change of load between them shows as a ratio. Here
+every round runs `--steps` steps of each variant back to back (LS; BayesAgg with its Bayesian part as one XLA
+cluster; BayesAgg without it) and the ratio to LS is taken within the round; the median over rounds is printed
+with the quartiles. `--classes` times a regression task plus one `Multiclass(C)` head with the Kronecker
+posterior on the conv trunk instead of a preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from step_time import PRESETS, Preset, make_trunk, parse_tasks  # noqa: E402
+
+import keras_bayesagg as kb  # noqa: E402
+from keras_bayesagg.data import random_task_batch  # noqa: E402
+
+
+def compiled_step(aggregator: kb.aggregators.Aggregator, preset: Preset, jit_compile: bool, cluster: bool):
+    """A warmed-up train function of a fresh model (BayesAgg past its warm-up) and its input iterator."""
+    keras.utils.set_random_seed(0)
+    tasks = parse_tasks(preset.tasks)
+    trunk, input_shape = make_trunk(preset.trunk, preset.dim)
+    model = kb.MultiTaskModel(trunk, tasks)
+    kb.BayesAgg.compile_bayesian_part = cluster  # read while the step is traced
+    model.compile(optimizer="adam", aggregator=aggregator, jit_compile=jit_compile)
+    x, labels = random_task_batch(tasks, preset.batch, input_shape)
+    model.fit(x, labels, batch_size=preset.batch, epochs=1, verbose=0)
+    train_function = model.make_train_function()
+    iterator = iter(tf.data.Dataset.from_tensors((x, labels)).repeat())
+    for _ in range(3):
+        train_function(iterator)
+    kb.BayesAgg.compile_bayesian_part = False  # the default
+    return lambda: float(train_function(iterator)["loss"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cifar-mtl-cnn")
+    parser.add_argument("--classes", type=int, help="time reg:1,mc:C with the Kronecker posterior instead")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--num-samples", type=int, default=1024)
+    args = parser.parse_args()
+    options = dict(warmup_epochs=0, seed=0, num_samples=args.num_samples)
+    if args.classes:
+        preset = Preset(128, args.dim, f"reg:1,mc:{args.classes}", trunk="conv", xla=False)
+        options["multiclass_posterior"] = "kronecker"
+        name = f"conv trunk, B=128, D={args.dim}, reg:1 + Multiclass({args.classes}) Kronecker"
+    else:
+        preset, name = PRESETS[args.preset], args.preset
+    jit = preset.xla
+    variants = {
+        "LS": compiled_step(kb.aggregators.LinearScalarization(), preset, jit, True),
+        "BayesAgg (XLA cluster)": compiled_step(kb.BayesAgg(**options), preset, jit, True),
+    }
+    if not jit:  # under a jit-compiled model the cluster makes no difference
+        variants["BayesAgg (no cluster)"] = compiled_step(kb.BayesAgg(**options), preset, jit, False)
+    seconds: dict[str, list[float]] = {key: [] for key in variants}
+    for _ in range(args.rounds):
+        for key, step in variants.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            seconds[key].append((time.perf_counter() - start) / args.steps)
+    print(f"# {name}; jit_compile={jit}; S={args.num_samples}; {args.rounds} rounds of {args.steps} steps each")
+    print("# the machine is shared: ratios are taken within each round (median [quartiles])")
+    for key, times in seconds.items():
+        ratios = sorted(t / ls for t, ls in zip(times, seconds["LS"]))
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        print(
+            f"{key:24} {statistics.median(times):8.4f} s/step   ratio to LS {quartiles[1]:5.2f} "
+            f"[{quartiles[0]:.2f}, {quartiles[2]:.2f}]",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""BayesAgg(multiclass_posterior="kronecker") through the model: many-class heads fit the memory limit, the trunk
+update agrees with the full GGN's on a small head, XLA, the evidence-chosen γ and serving uncertainty work."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bayesagg as kb
+from keras_bayesagg.bayes import classification, kronecker, predictive
+
+INPUTS, DIM, CLASSES, ROWS = 10, 16, 5, 192
+
+
+def _data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(ROWS, INPUTS)).astype("float32")
+    z = x @ rng.normal(size=(INPUTS, CLASSES + 1)).astype("float32")
+    labels = {
+        "value": (z[:, 0] + 0.3 * rng.normal(size=ROWS)).astype("float32"),
+        "kind": np.argmax(z[:, 1:] + rng.normal(size=(ROWS, CLASSES)), axis=1).astype("int32"),
+    }
+    return x, labels
+
+
+def _model(seed: int = 0) -> kb.MultiTaskModel:
+    keras.utils.set_random_seed(seed)
+    trunk = keras.Sequential([keras.Input((INPUTS,)), keras.layers.Dense(DIM, activation="elu")])
+    return kb.MultiTaskModel(trunk, {"value": kb.tasks.Regression(), "kind": kb.tasks.Multiclass(CLASSES)})
+
+
+def _compile(model, posterior: str, jit_compile: bool = False, **options) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.SGD(learning_rate=0.05)
+    aggregator = kb.BayesAgg(num_samples=256, warmup_epochs=1, seed=3, multiclass_posterior=posterior, **options)
+    model.compile(optimizer=optimizer, aggregator=aggregator, jit_compile=jit_compile)
+    return optimizer
+
+
+def _dataset(x, labels, batch: int = 64):
+    return tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch)
+
+
+@pytest.mark.parametrize("classes,dim", [(100, 64), (1000, 256)])
+def test_many_class_heads_fit_the_default_memory_limit_only_with_the_kronecker_posterior(classes, dim):
+    layout_model = kb.MultiTaskModel(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(dim)]),
+        {"value": kb.tasks.Regression(), "kind": kb.tasks.Multiclass(classes)},
+    )
+    with pytest.raises(MemoryError, match='multiclass_posterior="kronecker"'):
+        layout_model.compile(optimizer="adam", aggregator=kb.BayesAgg())
+        layout_model.build((None, 8))
+    model = kb.MultiTaskModel(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(dim)]),
+        {"value": kb.tasks.Regression(), "kind": kb.tasks.Multiclass(classes)},
+    )
+    model.compile(optimizer="adam", aggregator=kb.BayesAgg(multiclass_posterior="kronecker"))
+    model.build((None, 8))
+
+
+@pytest.mark.slow  # ~20-30 s on the loaded 2-core machine: four fits of two models
+def test_the_trunk_update_points_where_the_full_ggns_does_after_identical_training():
+    x, labels = _data()
+    full = _model()
+    full_optimizer = _compile(full, "full")
+    full.fit(_dataset(x, labels), epochs=2, verbose=0)  # a warm-up epoch, then BayesAgg with the full GGN
+    kron = _model(seed=1)
+    kron_optimizer = _compile(kron, "kronecker")
+    kron.build((None, INPUTS))
+    kron.set_weights(full.get_weights())
+    # One epoch at learning rate 0: both refresh their priors from the same rows at the same weights.
+    for model, optimizer in ((full, full_optimizer), (kron, kron_optimizer)):
+        optimizer.learning_rate.assign(0.0)
+        model.fit(_dataset(x, labels), epochs=1, verbose=0)
+    np.testing.assert_array_equal(kron.trunk.get_weights()[0], full.trunk.get_weights()[0])
+    batch = (x[:64], {name: value[:64] for name, value in labels.items()})
+    updates = []
+    for model, optimizer in ((full, full_optimizer), (kron, kron_optimizer)):
+        before = np.concatenate([w.ravel() for w in model.trunk.get_weights()])
+        optimizer.learning_rate.assign(1.0)
+        model.fit(_dataset(*batch), epochs=1, verbose=0)
+        updates.append(np.concatenate([w.ravel() for w in model.trunk.get_weights()]) - before)
+    assert np.all(np.isfinite(updates[1])) and np.linalg.norm(updates[1]) > 0
+    cosine = updates[0] @ updates[1] / (np.linalg.norm(updates[0]) * np.linalg.norm(updates[1]))
+    print(f"cosine of the trunk updates: {cosine:.4f}")
+    assert cosine >= 0.9, cosine
+    weights = kron.aggregator.last_task_weights.numpy()
+    assert not np.allclose(weights, 1.0)  # BayesAgg's weights, not the warm-up's
+
+
+def test_evidence_prior_variance_and_serving_uncertainty_with_the_kronecker_posterior(tmp_path):
+    x, labels = _data(1)
+    model = _model()
+    _compile(model, "kronecker", prior_variance="auto")
+    history = model.fit(_dataset(x, labels), epochs=2, verbose=0)
+    chosen = model.aggregator.chosen_prior_variances()
+    assert set(chosen) == {"regression", "kind"} and 0 < chosen["kind"] < 1e8
+    assert chosen["kind"] != pytest.approx(0.005)  # moved from its start
+    assert "prior_variance/kind" in history.history
+    out = model.predict_with_uncertainty(x[:32])
+    probabilities = model.predict(x[:32], verbose=0)["kind"]  # the head's softmax
+    group = model.aggregator.classification_group("kind")
+    basis = kronecker.KroneckerBasis(group.class_basis, group.feature_basis)
+    covariance = tf.linalg.inv(kronecker.dense_precision(basis, group.prior_precision))
+    features = classification.with_bias_feature(model.trunk(x[:32]))
+    expected = predictive.mean_field_softmax(
+        tf.math.log(probabilities), predictive.logit_covariance(features, covariance, CLASSES)
+    )  # the full path's serving rule with the Kronecker covariance made dense
+    np.testing.assert_allclose(out["kind/probabilities"], expected, atol=2e-5)
+    assert np.abs(out["kind/probabilities"] - probabilities).max() > 1e-4  # the posterior changes something
+    path = str(tmp_path / "kronecker.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.aggregator.multiclass_posterior == "kronecker"
+    for key, value in restored.predict_with_uncertainty(x[:32]).items():
+        np.testing.assert_allclose(value, out[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_config_round_trip_and_bad_value():
+    aggregator = kb.BayesAgg(multiclass_posterior="kronecker")
+    assert kb.BayesAgg.from_config(aggregator.get_config()).multiclass_posterior == "kronecker"
+    with pytest.raises(ValueError, match="multiclass_posterior"):
+        kb.BayesAgg(multiclass_posterior="diagonal")
