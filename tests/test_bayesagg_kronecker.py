@@ -50,13 +50,15 @@ def test_many_class_heads_fit_the_default_memory_limit_only_with_the_kronecker_p
     )
     with pytest.raises(MemoryError, match='multiclass_posterior="kronecker"'):
         layout_model.compile(optimizer="adam", aggregator=kb.BayesAgg())
-        layout_model.build((None, 8))
+        layout_model.build((None, 8))  # refuses a layout no batch could serve; fit re-checks at its batch size
+        layout_model.aggregator.check_batch_size(128)
     model = kb.MultiTaskModel(
         keras.Sequential([keras.Input((8,)), keras.layers.Dense(dim)]),
         {"value": kb.tasks.Regression(), "kind": kb.tasks.Multiclass(classes)},
     )
     model.compile(optimizer="adam", aggregator=kb.BayesAgg(multiclass_posterior="kronecker"))
     model.build((None, 8))
+    model.aggregator.check_batch_size(128)
 
 
 @pytest.mark.slow  # ~20-30 s on the loaded 2-core machine: four fits of two models
