@@ -11,15 +11,13 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg import building, model_state, sample_weights, serving, validation
+from keras_bayesagg import building, model_state, sample_weights, serving, steps, validation
 from keras_bayesagg import callbacks as builtin_callbacks
 from keras_bayesagg import labels as label_checks
 from keras_bayesagg.aggregators.base import Aggregator, TaskLayout
 from keras_bayesagg.compiling import CompiledParts, check_compile_arguments, resolve_aggregator, resolve_metrics
-from keras_bayesagg.engine import global_batch, gradients, step_by_step
-from keras_bayesagg.engine.checks import step_faults
-from keras_bayesagg.engine.faults import FaultRecord, apply_if, overflow_guard
-from keras_bayesagg.engine.metric_updates import update_compiled_metrics, update_loss_trackers
+from keras_bayesagg.engine import global_batch, step_by_step
+from keras_bayesagg.engine.faults import FaultRecord
 from keras_bayesagg.heads import LinearHead
 from keras_bayesagg.tasks import Task, check_task_dict, deserialize_task, serialize_task
 
@@ -153,99 +151,12 @@ class MultiTaskModel(keras.Model):
     def compile_from_config(self, config: dict[str, Any]) -> None:
         self.compile(**keras.saving.deserialize_keras_object(config))
 
-    # ------------------------------------------------------------------ steps
-    def _unpack_batch(self, data: Any, training: bool = False) -> tuple[Any, dict, dict, tf.Tensor, list]:
-        """(x, canonical labels, the labels with missing entries filled, weights w [B, K], weight faults) of a
-        batch, building the model on first use. w is the presence mask times the sample (and, in training, class) weights."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if not self.built:
-            building.build_symbolically(
-                self, keras.tree.map_structure(lambda t: building.InputSpec(tuple(t.shape), t.dtype), x)
-            )
-        labels = label_checks.prepare_labels(self.task_specs, y)
-        # --- sample and class weights (keras_bayesagg/sample_weights.py)
-        present, filled = label_checks.present_and_filled(self.task_specs, labels)
-        class_weights = sample_weights.class_weights_of(self) if training else ()
-        present, weight_faults = sample_weights.weighted_presence(
-            self.task_specs, present, filled, sample_weight, class_weights
-        )
-        return x, labels, filled, present, weight_faults
-
-    def _regularization(self) -> tf.Tensor | None:
-        return tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses]) if self.losses else None
-
+    # ------------------------------------------------------------------ steps (keras_bayesagg/steps.py)
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        x, labels, filled, present, weight_faults = self._unpack_batch(data, training=True)
-        aggregator, tasks = self.aggregator, self.task_specs
-        trunk_variables = list(self.trunk.trainable_variables)
-        other_variables = [v for head in self.heads.values() for v in head.trainable_variables]
-        other_variables += list(aggregator.trainable_variables)
-        with tf.GradientTape(persistent=True) as tape:
-            h = self._representation(x, training=True)
-            h32 = tf.cast(h, tf.float32)
-            logits = self._logits(h32)
-            per_sample = gradients.per_sample_unit_losses(tasks, filled, logits, present)
-            losses = gradients.masked_mean_losses(per_sample, present)
-            kernels = {name: head.kernel_and_bias()[0] for name, head in self.heads.items()}
-            heads = self.head_weights()
-            inputs = gradients.aggregator_inputs(
-                aggregator, tape, tasks, filled, logits, losses, h32, kernels, heads, trunk_variables, present
-            )
-            rebuild = gradients.task_gradients_from_rows(tasks, self._logits, kernels)
-            inputs, own_rows = global_batch.gather(inputs, rebuild)  # identity on one replica
-            aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows)
-            scale = self.optimizer.scale_loss(tf.constant(1.0 / self.distribute_strategy.num_replicas_in_sync))
-            objectives = gradients.scaled_objectives(aggregation, self._regularization(), scale)
-        grads = gradients.route(aggregation, tape, h, *objectives, trunk_variables, other_variables, scale)
-        del tape
-        sound = self._record_faults(labels, h32, per_sample, (*weight_faults, *aggregation.faults), grads)
-        variables = trunk_variables + other_variables
-        apply_if(
-            sound,
-            lambda g: self.optimizer.apply_gradients(zip(g, variables)),
-            grads,
-            commit=lambda: aggregator.commit(aggregation),
-            commit_when=overflow_guard(self.optimizer, grads),
-        )
-        return self._update_metrics(sound, x, filled, logits, per_sample, present)
-
-    def _record_faults(
-        self,
-        labels: dict,
-        h32: tf.Tensor,
-        per_sample: tf.Tensor,
-        aggregator_faults: tuple = (),
-        grads: list | None = None,
-    ) -> tf.Tensor:
-        """Record this step's first fault; True when the step may be applied. Under steps_per_execution > 1
-        a recorded fault also blocks the rest of the execution, so the error describes the model as it is."""
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            grads = None  # it skips non-finite gradients itself (and lowers its scale)
-        faults = step_faults(self.task_specs, labels, h32, per_sample, aggregator_faults, grads)
-        return self._compiled_parts.faults.sound(faults, blocks_rest=self.steps_per_execution > 1)
-
-    def _update_metrics(
-        self, sound: tf.Tensor, x: Any, labels: dict, logits: dict, per_sample: tf.Tensor, present: tf.Tensor
-    ) -> dict:
-        """Loss trackers and compiled metrics take only sound steps (an unsound one would poison the epoch's means)
-        and present labels only: a tracker's weight is the number of samples with a label of its task(s)."""
-        losses, regularization = gradients.masked_mean_losses(per_sample, present), self._regularization()
-
-        def update() -> tf.Tensor:
-            update_loss_trackers(self, losses, regularization, present)
-            update_compiled_metrics(self, x, labels, self._predictions(logits), present)
-            return tf.constant(True)
-
-        tf.cond(sound, update, lambda: tf.constant(False))
-        return global_batch.logs_for_reduction(self.distribute_strategy, self.get_metrics_result())
+        return steps.train_step(self, data)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-        x, labels, filled, present, weight_faults = self._unpack_batch(data)
-        h32 = tf.cast(self._representation(x, training=False), tf.float32)
-        logits = self._logits(h32)
-        per_sample = gradients.per_sample_unit_losses(self.task_specs, filled, logits, present)
-        sound = self._record_faults(labels, h32, per_sample, weight_faults)
-        return self._update_metrics(sound, x, filled, logits, per_sample, present)
+        return steps.test_step(self, data)
 
     # ------------------------------------------------------------------ hooks (fit calls them; custom loops too)
     def begin_epoch(self) -> None:

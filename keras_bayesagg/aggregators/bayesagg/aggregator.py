@@ -10,7 +10,6 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from keras_bayesagg import validation
 from keras_bayesagg.aggregators.base import (
     Aggregator,
     AggregatorInputs,
@@ -26,6 +25,7 @@ from keras_bayesagg.aggregators.bayesagg.classification_part import (
     classification_groups,
     group_holding,
 )
+from keras_bayesagg.aggregators.bayesagg.options import BayesAggOptions
 from keras_bayesagg.aggregators.bayesagg.posterior_faults import posterior_faults
 from keras_bayesagg.aggregators.bayesagg.predictive_part import PredictivePart, PredictiveServing
 from keras_bayesagg.aggregators.bayesagg.regression_part import RegressionPart
@@ -33,9 +33,6 @@ from keras_bayesagg.aggregators.bayesagg.row_staging import RowStaging
 from keras_bayesagg.bayes.aggregation import inverse_variance_aggregate
 from keras_bayesagg.tasks import Regression
 
-LINALG_DTYPES = ("float32", "float64")
-MOMENTS = ("exact", "monte_carlo")
-MULTICLASS_POSTERIORS = ("full", "kronecker")
 INITIAL_AUTO_PRIOR_VARIANCE = 0.005  # the paper's γ, where the evidence iteration starts
 
 
@@ -93,25 +90,21 @@ class BayesAgg(PredictiveServing, Aggregator):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        self.prior_variance = (
-            "auto"
-            if prior_variance == "auto"
-            else validation.positive_float(
-                "BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"'
-            )
+        self.options = BayesAggOptions.validated(
+            prior_variance=prior_variance,
+            regression_power=regression_power,
+            classification_power=classification_power,
+            num_samples=num_samples,
+            moments=moments,
+            warmup_epochs=warmup_epochs,
+            seed=seed,
+            linalg_dtype=linalg_dtype,
+            feature_buffer_rows=feature_buffer_rows,
+            memory_limit_gb=memory_limit_gb,
+            multiclass_posterior=multiclass_posterior,
         )
-        self.moments = validation.one_of("BayesAgg", "moments", moments, MOMENTS)
-        self.regression_power = validation.power("BayesAgg", "regression_power", regression_power)
-        self.classification_power = validation.power("BayesAgg", "classification_power", classification_power)
-        self.num_samples = validation.whole_number("BayesAgg", "num_samples", num_samples)
-        self.warmup_epochs = validation.whole_number("BayesAgg", "warmup_epochs", warmup_epochs, minimum=0)
-        self.seed = validation.optional_seed("BayesAgg", "seed", seed)
-        self.linalg_dtype = validation.one_of("BayesAgg", "linalg_dtype", linalg_dtype, LINALG_DTYPES)
-        self.feature_buffer_rows = validation.whole_number("BayesAgg", "feature_buffer_rows", feature_buffer_rows)
-        self.memory_limit_gb = validation.optional_positive_float("BayesAgg", "memory_limit_gb", memory_limit_gb)
-        self.multiclass_posterior = validation.one_of(
-            "BayesAgg", "multiclass_posterior", multiclass_posterior, MULTICLASS_POSTERIORS
-        )
+        for option, value in self.options.as_config().items():  # read as attributes everywhere (self.num_samples)
+            setattr(self, option, value)
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
@@ -311,17 +304,4 @@ class BayesAgg(PredictiveServing, Aggregator):
         return super().later_version_variables() + self.later_output_state()
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "prior_variance": self.prior_variance,
-            "regression_power": self.regression_power,
-            "classification_power": self.classification_power,
-            "num_samples": self.num_samples,
-            "moments": self.moments,
-            "warmup_epochs": self.warmup_epochs,
-            "seed": self.seed,
-            "linalg_dtype": self.linalg_dtype,
-            "feature_buffer_rows": self.feature_buffer_rows,
-            "memory_limit_gb": self.memory_limit_gb,
-            "multiclass_posterior": self.multiclass_posterior,
-        }
+        return {**super().get_config(), **self.options.as_config()}

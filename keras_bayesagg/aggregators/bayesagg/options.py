@@ -1,0 +1,57 @@
+"""BayesAgg's constructor options: validated once, in one message style, and written back into its config."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from keras_bayesagg import validation
+
+LINALG_DTYPES = ("float32", "float64")
+MOMENTS = ("exact", "monte_carlo")
+MULTICLASS_POSTERIORS = ("full", "kronecker")
+
+
+@dataclasses.dataclass(frozen=True)
+class BayesAggOptions:
+    """The arguments of `kb.BayesAgg` in canonical form (see its docstring for what each means)."""
+
+    prior_variance: float | str = 0.005
+    regression_power: float = 0.3
+    classification_power: float = 0.1
+    num_samples: int = 1024
+    moments: str = "exact"
+    warmup_epochs: int = 1
+    seed: int | None = None
+    linalg_dtype: str = "float32"
+    feature_buffer_rows: int = 8192
+    memory_limit_gb: float | None = 4.0
+    multiclass_posterior: str = "full"
+
+    @classmethod
+    def validated(cls, **given: Any) -> "BayesAggOptions":
+        """Check every argument (a ValueError naming BayesAgg and the argument) and return them canonical."""
+        options = cls(**given)
+        prior_variance = options.prior_variance
+        if prior_variance != "auto":
+            prior_variance = validation.positive_float(
+                "BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"'
+            )
+        return cls(
+            prior_variance=prior_variance,
+            regression_power=validation.power("BayesAgg", "regression_power", options.regression_power),
+            classification_power=validation.power("BayesAgg", "classification_power", options.classification_power),
+            num_samples=validation.whole_number("BayesAgg", "num_samples", options.num_samples),
+            moments=validation.one_of("BayesAgg", "moments", options.moments, MOMENTS),
+            warmup_epochs=validation.whole_number("BayesAgg", "warmup_epochs", options.warmup_epochs, minimum=0),
+            seed=validation.optional_seed("BayesAgg", "seed", options.seed),
+            linalg_dtype=validation.one_of("BayesAgg", "linalg_dtype", options.linalg_dtype, LINALG_DTYPES),
+            feature_buffer_rows=validation.whole_number("BayesAgg", "feature_buffer_rows", options.feature_buffer_rows),
+            memory_limit_gb=validation.optional_positive_float("BayesAgg", "memory_limit_gb", options.memory_limit_gb),
+            multiclass_posterior=validation.one_of(
+                "BayesAgg", "multiclass_posterior", options.multiclass_posterior, MULTICLASS_POSTERIORS
+            ),
+        )
+
+    def as_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
