@@ -30,7 +30,7 @@ import keras_bayesagg as kb  # noqa: E402
 from keras_bayesagg.data import random_task_batch  # noqa: E402
 
 
-def compiled_step(aggregator: kb.aggregators.Aggregator, preset: Preset, jit_compile: bool, cluster: bool):
+def compiled_step(aggregator: kb.interface.Aggregator, preset: Preset, jit_compile: bool, cluster: bool):
     """A warmed-up train function of a fresh model (BayesAgg past its warm-up) and its input iterator."""
     keras.utils.set_random_seed(0)
     tasks = parse_tasks(preset.tasks)

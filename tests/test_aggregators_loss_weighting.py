@@ -35,7 +35,7 @@ def regression_layout(units: int, dim: int = DIM) -> TaskLayout:
     return TaskLayout({f"t{k}": kb.tasks.Regression() for k in range(units)}, dim)
 
 
-def built(aggregator: kb.aggregators.Aggregator, units: int = 3) -> Any:
+def built(aggregator: kb.interface.Aggregator, units: int = 3) -> Any:
     aggregator.build_for(regression_layout(units))
     return aggregator
 
@@ -55,7 +55,7 @@ def loss_inputs(losses, present=None, task_gradients=None, parameter_gradients=N
 
 
 # ---------------------------------------------------------------- equality with the anchors
-SCALARIZERS: dict[str, Callable[..., kb.aggregators.Aggregator]] = {
+SCALARIZERS: dict[str, Callable[..., kb.interface.Aggregator]] = {
     "GeometricLoss": lambda: GeometricLoss(epsilon=0.0),
     "IMTLL": lambda log_scales: IMTLL(),
     "STCH": STCH,
@@ -168,7 +168,7 @@ def test_pbi_on_the_preference_ray_is_the_distance_along_it() -> None:
 
 
 # ---------------------------------------------------------------- missing labels and sample weights
-WITH_PREFERENCE: dict[str, Callable[[list[float] | None], kb.aggregators.Aggregator]] = {
+WITH_PREFERENCE: dict[str, Callable[[list[float] | None], kb.interface.Aggregator]] = {
     "geometric_loss": lambda preference: GeometricLoss(),
     "imtll": lambda preference: IMTLL(),
     "stch": lambda preference: STCH(mu=0.5, preference=preference),
@@ -196,7 +196,7 @@ def test_gradient_methods_give_an_unlabelled_unit_no_weight(make: Callable[[], A
     gradients = rng.normal(size=(2, 3, DIM)).astype("float32")
     gradients[:, 1] = 0.0  # the engine's gradients are zero where a label is missing
     aggregator = built(make())
-    inputs = loss_inputs([0.8, 0.0, 2.5], present=[[1.0, 0.0, 1.0], [1.0, 0.0, 2.0]], task_gradients=gradients)
+    inputs = loss_inputs([0.8, 0.0, 2.5], present=[[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]], task_gradients=gradients)
     aggregation = applied(aggregator, inputs)
     assert np.isfinite(aggregation.objective.numpy())
     assert np.all(np.isfinite(aggregation.representation_gradient.numpy()))

@@ -323,11 +323,13 @@ def test_invalid_arguments_are_rejected_clearly():
 # ---------------------------------------------------------------------- missing labels, state, XLA
 @pytest.mark.parametrize("make", [UPGrad, TrimmedMean, lambda: Krum(n_byzantine=1)], ids=["upgrad", "tm", "krum"])
 def test_presence_weights_scale_each_task_gradient_by_its_count(make):
-    """With presence weights (0 = missing, 2 = counts twice) the methods combine G[:, k]/n_k: the same as fully
+    """With presence (0 = missing) the methods combine G[:, k]/n_k: the same as fully
     labelled inputs whose per-sample gradients are pre-scaled by B/n_k."""
     rng = np.random.default_rng(3)
     gradients = rng.normal(size=(4, 5, 3)).astype("float32")
-    present = np.array([[1, 0, 2, 1, 1], [1, 1, 0, 1, 2], [0, 1, 1, 1, 1], [1, 1, 1, 0, 1]], "float32")
+    # 0/1 presence: a missing label only changes its unit's count (weights > 1 also change the rows' inner
+    # products, a repetition count; that rule is tests/test_sample_weights_aggregators.py's).
+    present = np.array([[1, 0, 1, 1, 1], [1, 1, 0, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 0, 1]], "float32")
     gradients = gradients * (present > 0)[:, :, None]
     counts = present.sum(axis=0)
 

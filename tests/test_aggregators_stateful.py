@@ -46,7 +46,7 @@ def parameter_inputs(matrix: np.ndarray, losses: np.ndarray | None = None) -> Ag
     )
 
 
-def run_steps(aggregator: kb.aggregators.Aggregator, losses: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_steps(aggregator: kb.interface.Aggregator, losses: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The fixture's Jacobians fed as parameter gradients, one applied step each: (weights, directions)."""
     aggregator.build_for(parameter_layout())
     weights, directions = [], []
@@ -149,7 +149,7 @@ def test_excess_mtl_moves_weight_to_the_task_whose_excess_risk_stays_high():
 
 
 # ---------------------------------------------------------------------- state, seeds and the fault rule
-STATEFUL: dict[str, Callable[[], kb.aggregators.Aggregator]] = {
+STATEFUL: dict[str, Callable[[], kb.interface.Aggregator]] = {
     "gradvac": lambda: GradVac(seed=3, level="parameters"),
     "graddrop": lambda: GradDrop(seed=3, level="parameters"),
     "sdmgrad": lambda: SDMGrad(level="parameters"),
@@ -159,7 +159,7 @@ STATEFUL: dict[str, Callable[[], kb.aggregators.Aggregator]] = {
 }
 
 
-def state_of(aggregator: kb.aggregators.Aggregator) -> list[np.ndarray]:
+def state_of(aggregator: kb.interface.Aggregator) -> list[np.ndarray]:
     return [v.numpy().copy() for v in aggregator.weights] + [
         g.state.numpy().copy() for g in aggregator._seed_generators
     ]

@@ -45,8 +45,10 @@ class MoCo(GradientCombination):
     with a zero guard instead of ‖g_k‖ + 1e-8.
 
     Args:
-        beta, beta_decay: β and σβ of the tracking rate β/t^σβ (authors' 0.5, 0.5).
-        gamma, gamma_decay: γ and σγ of the weights' step γ/t^σγ (authors' 0.1, 0.5).
+        beta: β of the tracking rate β/t^σβ (authors' 0.5).
+        beta_decay: σβ of the tracking rate (authors' 0.5).
+        gamma: γ of the weights' step γ/t^σγ (authors' 0.1).
+        gamma_decay: σγ of the weights' step (authors' 0.5).
         regularization: ρ (authors' 0).
         loss_normalization: rescale each g_k to norm L_k first (authors' code: True).
         simplex_map: "projection" (paper) or "softmax" (authors' code).

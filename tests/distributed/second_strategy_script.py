@@ -13,7 +13,7 @@ import keras_bayesagg as kb  # noqa: E402
 from tests.conftest import MIXED_TASKS, mixed_task_data  # noqa: E402
 
 
-def train(batch_size: int, rows: int, aggregator: kb.aggregators.Aggregator) -> None:
+def train(batch_size: int, rows: int, aggregator: kb.interface.Aggregator) -> None:
     x, y = mixed_task_data(num_samples=rows)
     strategy = tf.distribute.MirroredStrategy(["cpu:0", "cpu:1"])  # a new one per model, as a notebook cell does
     with strategy.scope():
