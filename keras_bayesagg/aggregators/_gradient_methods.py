@@ -56,6 +56,9 @@ class GradientCombination(Aggregator):
     """Base class: a direction Σ_k w_k g_k with weights computed from the Gram matrix of the g_k."""
 
     gram_only: bool = True  # False: `propose_direction` needs the gradients, not just their Gram matrix
+    # True: at level="representation", `propose_direction` also takes `coordinate_weights` [B·D], the repetition
+    # count ω_i of each coordinate's row (for statistics over coordinates, such as TrimmedMean's task shares).
+    weighs_coordinates: bool = False
 
     def __init__(self, level: str = "representation", name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
@@ -94,7 +97,12 @@ class GradientCombination(Aggregator):
             if not self.gram_only:  # the method needs the K gradients themselves: [K, B·D]
                 rows, units, width = tf.unstack(tf.shape(loss_gradients))
                 flat = tf.reshape(tf.transpose(loss_gradients, [1, 0, 2]), [units, rows * width])
-                direction, weights, commit = self.propose_direction(flat)
+                if self.weighs_coordinates:
+                    multiplicity = tf.reduce_max(inputs.presence(), axis=1)  # ω_i [B]
+                    coordinate_weights = tf.repeat(multiplicity, width)  # [B·D], row-major like `flat`
+                    direction, weights, commit = self.propose_direction(flat, coordinate_weights=coordinate_weights)
+                else:
+                    direction, weights, commit = self.propose_direction(flat)
                 return RepresentationAggregation(
                     objective=objective,
                     representation_gradient=tf.math.divide_no_nan(tf.reshape(direction, [rows, width]), scale),

@@ -13,12 +13,16 @@ from keras_bayesagg.aggregators.base import TaskLayout, _no_commit
 from keras_bayesagg.validation import whole_number
 
 
-def trimmed_mean(gradients: tf.Tensor, trim_number: int) -> tuple[tf.Tensor, tf.Tensor]:
+def trimmed_mean(
+    gradients: tf.Tensor, trim_number: int, coordinate_weights: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """(direction [N], task shares [K]) of the coordinate-wise mean of `gradients` [K, N] without the
     `trim_number` largest and smallest values of each coordinate.
 
     The share of task k is the mean over coordinates of its coefficient (1/(K - 2b) where it is kept,
-    0 where it is trimmed): the shares sum to 1, and they are 1/K each when nothing is trimmed.
+    0 where it is trimmed): the shares sum to 1, and they are 1/K each when nothing is trimmed. With
+    `coordinate_weights` [N] (repetition counts of the coordinates' rows) it is the weighted mean, so a row of
+    weight 2 counts as its two copies and a row of weight 0 not at all.
     """
     size = gradients.shape[0]
     kept = size - 2 * trim_number
@@ -26,10 +30,13 @@ def trimmed_mean(gradients: tf.Tensor, trim_number: int) -> tuple[tf.Tensor, tf.
     order = tf.argsort(by_coordinate, axis=1, stable=True)[:, trim_number : size - trim_number]
     kept_values = tf.gather(by_coordinate, order, batch_dims=1)
     direction = tf.reduce_mean(kept_values, axis=1)
-    coordinates = tf.cast(tf.shape(by_coordinate)[0], tf.float32)
+    if coordinate_weights is None:
+        coordinate_weights = tf.ones_like(direction)
+    coordinate_weights = tf.cast(coordinate_weights, tf.float32)
     flat_order = tf.reshape(order, [-1])
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(flat_order, tf.float32), flat_order, size)
-    return direction, counts / (coordinates * float(kept))
+    kept_weights = tf.reshape(tf.repeat(coordinate_weights[:, None], kept, axis=1), [-1])
+    counts = tf.math.unsorted_segment_sum(kept_weights, flat_order, size)
+    return direction, tf.math.divide_no_nan(counts, tf.reduce_sum(coordinate_weights) * float(kept))
 
 
 @keras.saving.register_keras_serializable(package="keras_bayesagg")
@@ -46,6 +53,7 @@ class TrimmedMean(GradientCombination):
     """
 
     gram_only = False
+    weighs_coordinates = True
 
     def __init__(
         self, trim_number: int = 1, level: str = "representation", name: str | None = None, **kwargs: Any
@@ -61,9 +69,11 @@ class TrimmedMean(GradientCombination):
             )
         self.num_units = layout.num_units
 
-    def propose_direction(self, gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None, Callable[[], Any]]:
+    def propose_direction(
+        self, gradients: tf.Tensor, coordinate_weights: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor | None, Callable[[], Any]]:
         gradients = tf.ensure_shape(gradients, [self.num_units, None])
-        direction, shares = trimmed_mean(gradients, self.trim_number)
+        direction, shares = trimmed_mean(gradients, self.trim_number, coordinate_weights)
         return direction, shares, _no_commit
 
     def get_config(self) -> dict[str, Any]:
