@@ -23,8 +23,8 @@ import pytest
 import tensorflow as tf
 
 import keras_bayesagg as kb
-from keras_bayesagg.aggregators.base import AggregatorInputs, ObjectiveAggregation, ParameterAggregation, TaskLayout
 from keras_bayesagg.engine import gradients as engine
+from keras_bayesagg.interface import AggregatorInputs, ObjectiveAggregation, ParameterAggregation, TaskLayout
 
 B, INPUT_DIM, D = 9, 3, 4
 WEIGHTS = np.resize(np.array([0.0, 1.0, 2.0], "float32"), B)  # 0, 1, 2 three times each
