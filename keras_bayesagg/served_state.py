@@ -17,6 +17,7 @@ Formulas: `keras_bayesagg.bayes.predictive` and docs/uncertainty.md.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -51,11 +52,7 @@ class ServedState:
 
     @classmethod
     def size_in_bytes(cls, units: int, dim: int) -> int:
-        shape = cls.covariance_shape(units, dim)
-        count = 1
-        for extent in shape:
-            count *= extent
-        return BYTES_PER_VALUE * count
+        return BYTES_PER_VALUE * math.prod(cls.covariance_shape(units, dim))
 
     def _extra_variables(self, head: keras.layers.Layer) -> Any:
         return None

@@ -56,9 +56,6 @@ class GradientCombination(Aggregator):
     """Base class: a direction Σ_k w_k g_k with weights computed from the Gram matrix of the g_k."""
 
     gram_only: bool = True  # False: `propose_direction` needs the gradients, not just their Gram matrix
-    # True: at level="representation", `propose_direction` also takes `coordinate_weights` [B·D], the repetition
-    # count ω_i of each coordinate's row (for statistics over coordinates, such as TrimmedMean's task shares).
-    weighs_coordinates: bool = False
 
     def __init__(self, level: str = "representation", name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
@@ -74,8 +71,14 @@ class GradientCombination(Aggregator):
         """(w, the method's state writes); stateful methods (random orders, cached weights) override it."""
         return self.combination_weights(gram), _no_commit
 
-    def propose_direction(self, gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None, Callable[[], Any]]:
+    def propose_direction(
+        self, gradients: tf.Tensor, coordinate_weights: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor | None, Callable[[], Any]]:
         """(direction [N], task weights [K] or None, state writes) from the K task gradients `gradients` [K, N].
+
+        `coordinate_weights` [N]: at level="representation", each coordinate's repetition count (its row's
+        ω_i = max_k w_ik; sample weights), for methods that count coordinates (TrimmedMean's task shares);
+        None at level="parameters".
 
         Methods that are not a weighting of the gradients by their Gram matrix alone (sign dropout, robust
         means, projections of the gradients themselves) override this and set `gram_only = False`; the
@@ -97,12 +100,9 @@ class GradientCombination(Aggregator):
             if not self.gram_only:  # the method needs the K gradients themselves: [K, B·D]
                 rows, units, width = tf.unstack(tf.shape(loss_gradients))
                 flat = tf.reshape(tf.transpose(loss_gradients, [1, 0, 2]), [units, rows * width])
-                if self.weighs_coordinates:
-                    multiplicity = tf.reduce_max(inputs.presence(), axis=1)  # ω_i [B]
-                    coordinate_weights = tf.repeat(multiplicity, width)  # [B·D], row-major like `flat`
-                    direction, weights, commit = self.propose_direction(flat, coordinate_weights=coordinate_weights)
-                else:
-                    direction, weights, commit = self.propose_direction(flat)
+                multiplicity = tf.reduce_max(inputs.presence(), axis=1)  # ω_i [B]
+                coordinate_weights = tf.repeat(multiplicity, width)  # [B·D], row-major like `flat`
+                direction, weights, commit = self.propose_direction(flat, coordinate_weights)
                 return RepresentationAggregation(
                     objective=objective,
                     representation_gradient=tf.math.divide_no_nan(tf.reshape(direction, [rows, width]), scale),

@@ -69,7 +69,9 @@ class ExcessMTL(GradientCombination):
         )
         self.steps_done = self.add_weight(name="steps_done", shape=(), initializer="zeros", trainable=False)
 
-    def propose_direction(self, gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, Callable[[], Any]]:
+    def propose_direction(
+        self, gradients: tf.Tensor, coordinate_weights: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor, Callable[[], Any]]:
         squares = tf.square(gradients)
         if self.level == "representation":  # [K, B·D] → per feature of h, summed over the rows
             squares = tf.reduce_sum(tf.reshape(squares, [tf.shape(squares)[0], -1, self.width]), axis=1)

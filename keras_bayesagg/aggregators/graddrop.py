@@ -87,7 +87,9 @@ class GradDrop(GradientCombination):
                 f"({', '.join(unit.name for unit in layout.units)})."
             )
 
-    def propose_direction(self, gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, Callable[[], Any]]:
+    def propose_direction(
+        self, gradients: tf.Tensor, coordinate_weights: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor, Callable[[], Any]]:
         seed, advance = peek_seed(self.seed_generator)
         uniforms = tf.random.stateless_uniform(tf.shape(gradients)[1:], seed=tf.cast(seed, tf.int32))
         leak = tf.broadcast_to(tf.constant(self.leak, tf.float32), tf.shape(gradients)[:1])

@@ -97,7 +97,9 @@ class MoCo(GradientCombination):
         self._losses = tf.stop_gradient(tf.cast(inputs.losses, tf.float32))  # read by propose_direction
         return super().aggregate(inputs)
 
-    def propose_direction(self, gradients: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, Callable[[], Any]]:
+    def propose_direction(
+        self, gradients: tf.Tensor, coordinate_weights: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor, Callable[[], Any]]:
         scales = tf.ones([tf.shape(gradients)[0]])
         if self.loss_normalization:
             norms = tf.norm(gradients, axis=1)

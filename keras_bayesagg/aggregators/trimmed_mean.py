@@ -53,7 +53,6 @@ class TrimmedMean(GradientCombination):
     """
 
     gram_only = False
-    weighs_coordinates = True
 
     def __init__(
         self, trim_number: int = 1, level: str = "representation", name: str | None = None, **kwargs: Any
