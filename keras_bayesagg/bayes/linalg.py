@@ -25,6 +25,32 @@ class SafeCholesky(NamedTuple):
 CHOLESKY_LEAF_SIZE = 64
 
 
+def _column_cholesky(matrix: tf.Tensor) -> tf.Tensor:
+    """Right-looking Cholesky of small matrices [..., k, k], one column per loop step for the whole batch at once.
+
+    XLA's own Cholesky on CPU loops over the batch as well as the columns (~10 µs per matrix and column: 30 ms
+    for the leaves of 20 blocks of 161); here a step is a few fused operations on the batch. A non-positive
+    pivot gives NaN, which reaches every later column of that matrix.
+    """
+    k = matrix.shape[-1]
+    columns = tf.range(k)
+
+    def step(j: tf.Tensor, remaining: tf.Tensor, factor: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        pick = tf.cast(tf.equal(columns, j), matrix.dtype)  # e_j [k]
+        below = tf.cast(columns >= j, matrix.dtype)
+        column = tf.linalg.matvec(remaining, pick) * below  # rows ≥ j of the trailing matrix's column j
+        pivot = tf.reduce_sum(column * pick, axis=-1, keepdims=True)
+        column = column / tf.sqrt(pivot)
+        trailing = column * (1.0 - pick)  # rows > j
+        remaining = remaining - trailing[..., :, None] * trailing[..., None, :]
+        return j + 1, remaining, factor + column[..., :, None] * pick
+
+    _, _, factor = tf.while_loop(
+        lambda j, *_: j < k, step, (tf.constant(0), matrix, tf.zeros_like(matrix)), maximum_iterations=k
+    )
+    return factor
+
+
 def _blocked_cholesky(matrix: tf.Tensor) -> tf.Tensor:
     """Recursive 2×2-block Cholesky: L11 = chol(A11), L21 = A21 L11⁻ᵀ, L22 = chol(A22 - L21 L21ᵀ).
 
@@ -34,7 +60,7 @@ def _blocked_cholesky(matrix: tf.Tensor) -> tf.Tensor:
     """
     n = matrix.shape[-1]
     if n <= CHOLESKY_LEAF_SIZE:
-        return tf.linalg.cholesky(matrix)
+        return _column_cholesky(matrix)
     split = n // 2
     top_left = _blocked_cholesky(matrix[..., :split, :split])
     bottom_left = tf.linalg.matrix_transpose(
@@ -135,6 +161,22 @@ def triangular_inverse(factor: tf.Tensor) -> tf.Tensor:
     bottom_left = -tf.matmul(bottom_right, tf.matmul(factor[..., split:, :split], top_left))
     top = tf.concat([top_left, tf.zeros_like(factor[..., :split, split:])], axis=-1)
     return tf.concat([top, tf.concat([bottom_left, bottom_right], axis=-1)], axis=-2)
+
+
+TRIANGULAR_SOLVE_LEAF_SIZE = 256
+
+
+def adjoint_triangular_solve(factor: tf.Tensor, rhs: tf.Tensor) -> tf.Tensor:
+    """X = L⁻ᵀ·rhs for lower-triangular L [..., n, n] and rhs [..., n, k], by 2×2 blocks: X₂ = D⁻ᵀR₂,
+    X₁ = A⁻ᵀ(R₁ − CᵀX₂). Leaves of at most 256 use a triangular solve, the rest are matrix products: under
+    XLA on CPU ~1.6x faster than one triangular solve for the Monte Carlo draws (n = 1285, k = 1024)."""
+    n = factor.shape[-1]
+    if n is None or n <= TRIANGULAR_SOLVE_LEAF_SIZE:
+        return tf.linalg.triangular_solve(factor, rhs, lower=True, adjoint=True)
+    split = n // 2
+    bottom = adjoint_triangular_solve(factor[..., split:, split:], rhs[..., split:, :])
+    coupled = rhs[..., :split, :] - tf.matmul(factor[..., split:, :split], bottom, transpose_a=True)
+    return tf.concat([adjoint_triangular_solve(factor[..., :split, :split], coupled), bottom], axis=-2)
 
 
 def inverse_diagonal(factor: tf.Tensor) -> tf.Tensor:
