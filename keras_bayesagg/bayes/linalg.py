@@ -169,7 +169,7 @@ TRIANGULAR_SOLVE_LEAF_SIZE = 256
 def adjoint_triangular_solve(factor: tf.Tensor, rhs: tf.Tensor) -> tf.Tensor:
     """X = L⁻ᵀ·rhs for lower-triangular L [..., n, n] and rhs [..., n, k], by 2×2 blocks: X₂ = D⁻ᵀR₂,
     X₁ = A⁻ᵀ(R₁ − CᵀX₂). Leaves of at most 256 use a triangular solve, the rest are matrix products: under
-    XLA on CPU ~1.6x faster than one triangular solve for the Monte Carlo draws (n = 1285, k = 1024)."""
+    XLA on CPU ~1.5x faster than one triangular solve for the Monte Carlo draws (n = 1285, k = 1024: 49 → 32 ms)."""
     n = factor.shape[-1]
     if n is None or n <= TRIANGULAR_SOLVE_LEAF_SIZE:
         return tf.linalg.triangular_solve(factor, rhs, lower=True, adjoint=True)
