@@ -3,9 +3,9 @@
 The same interface as `ClassificationGroup` (labels, presence, weights, moments, refresh), with state
 O(C² + D² + C·D) instead of C(D+1) square: the eigenbases Q_A [C, C] and Q_G [D+1, D+1] of the full-data
 Kronecker factors, the full-data precision λ_F [C, D+1] in that basis and the full-data mean [C, D+1]
-(math: `keras_bayesagg.bayes.kronecker`, derivation: docs/method.md). Served uncertainty: the head's
-served state (`served_state.py`) gets the dense covariance Q diag(1/λ) Qᵀ at each refresh when it fits the model's
-`uncertainty_state_mb` (`predictive_part.py`).
+(math: `keras_bayesagg.bayes.kronecker`, derivation: docs/method.md). Served uncertainty: at each refresh the
+head's served state (`served_state.py`) gets Q_A, Q_G and 1/λ, kept factored, or as the dense covariance
+Q diag(1/λ) Qᵀ when that fits the model's `uncertainty_state_mb` (`predictive_part.py`).
 """
 
 from __future__ import annotations
