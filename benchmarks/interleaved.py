@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--num-samples", type=int, default=1024)
     parser.add_argument("--draws-per-rotation", default="1", help="with --classes: comma-separated K values")
+    parser.add_argument("--no-cluster", action="store_true", help="time BayesAgg without the XLA cluster only")
     args = parser.parse_args()
     print(f"# before: float32 matmul {matmul_rate(10):.1f} GFLOP/s, load average {os.getloadavg()}", flush=True)
     options = dict(warmup_epochs=0, seed=0, num_samples=args.num_samples)
@@ -74,7 +75,8 @@ def main() -> None:
     for reuse in (int(k) for k in args.draws_per_rotation.split(",")) if args.classes else [None]:
         tag = "" if reuse is None else f" K={reuse}"
         given = options if reuse is None else {**options, "kronecker_draws_per_rotation": reuse}
-        variants[f"BayesAgg{tag} (XLA cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, True)
+        if not args.no_cluster:
+            variants[f"BayesAgg{tag} (XLA cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, True)
         if not jit:  # under a jit-compiled model the cluster makes no difference
             variants[f"BayesAgg{tag} (no cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, False)
     seconds: dict[str, list[float]] = {key: [] for key in variants}

@@ -175,3 +175,14 @@ def test_draws_per_rotation_must_be_even_and_divide_the_draws(reuse):
     _, basis, _, posterior = _full_data(features, labels, weights, None)
     with pytest.raises(ValueError, match="draws_per_rotation"):
         kronecker.gradient_moments(posterior, basis, features[:4], labels[:4], 16, tf.constant([1, 1]), reuse)
+
+
+def test_label_rotation_gathers_rows_for_class_indices_and_multiplies_probability_rows():
+    rng = np.random.default_rng(9)
+    basis = tf.constant(np.linalg.qr(rng.normal(size=(CLASSES, CLASSES)))[0])
+    one_hot = tf.one_hot([0, 3, -1, 2], CLASSES, dtype=tf.float64) * tf.constant(
+        [[1.0], [0.5], [1.0], [1.0]], tf.float64
+    )
+    soft = tf.nn.softmax(tf.constant(rng.normal(size=(4, CLASSES))), axis=1)
+    for labels in (one_hot, soft):
+        np.testing.assert_allclose(kronecker_draws.rotate_labels(labels, basis), labels @ basis, atol=1e-12)

@@ -116,6 +116,18 @@ def draw_moments(
     return GradientMoments(mean[:, None, :], variance[:, None, :])
 
 
+def rotate_labels(labels: tf.Tensor, class_basis: tf.Tensor) -> tf.Tensor:
+    """Y·Q_A [B, C]: rows of Q_A when every label row has at most one nonzero (class indices, missing labels),
+    the [B, C] × [C, C] product otherwise (probability rows). Exact either way."""
+
+    def gathered() -> tf.Tensor:
+        rows = tf.gather(class_basis, tf.argmax(tf.abs(labels), axis=1))
+        return tf.reduce_sum(labels, axis=1, keepdims=True) * rows
+
+    single = tf.reduce_all(tf.math.count_nonzero(labels, axis=1) <= 1)
+    return tf.cond(single, gathered, lambda: tf.matmul(labels, class_basis))
+
+
 def rotated_batch_posterior(
     features: tf.Tensor,
     labels: tf.Tensor,
@@ -143,7 +155,7 @@ def rotated_batch_posterior(
     rotated_probabilities, spread = both[:, :num_classes], both[:, num_classes:]
     class_curvature = tf.maximum(spread - tf.square(rotated_probabilities), 0.0) * weight[:, None]
     precision = prior_precision + tf.matmul(class_curvature, tf.square(projected), transpose_a=True)
-    residual = weight[:, None] * (rotated_probabilities - tf.matmul(labels, class_basis))  # (P − Y)Q_A [B, C]
+    residual = weight[:, None] * (rotated_probabilities - rotate_labels(labels, class_basis))  # (P − Y)Q_A [B, C]
     pull = tf.matmul(residual, projected, transpose_a=True) + prior_precision * tf.matmul(
         class_basis, rotated_offset, transpose_a=True
     )  # R(∇) + λ_F ⊙ R(W − m_F)
