@@ -189,10 +189,16 @@ class ClassificationGroup:
 
 
 def classification_groups(
-    owner: keras.layers.Layer, layout: TaskLayout, exact: bool, multiclass_posterior: str = "full", **common: Any
+    owner: keras.layers.Layer,
+    layout: TaskLayout,
+    exact: bool,
+    multiclass_posterior: str = "full",
+    draws_per_rotation: int = 1,
+    **common: Any,
 ) -> list[ClassificationGroup | KroneckerGroup]:
     """The groups of a layout, in layout order: all binary outputs together, then each multiclass head
-    (a `KroneckerGroup` for heads of more than two classes when `multiclass_posterior` is "kronecker")."""
+    (a `KroneckerGroup` for heads of more than two classes when `multiclass_posterior` is "kronecker", drawing
+    `draws_per_rotation` head weights per class rotation of its noise)."""
     groups = []
     binary = {name: layout.tasks[name].units for name in layout.names_of(Binary)}
     if binary:
@@ -204,7 +210,9 @@ def classification_groups(
         units = {name: layout.tasks[name].units}
         columns = layout.unit_columns([name])
         if multiclass_posterior == "kronecker" and layout.tasks[name].units > 2:
-            groups.append(KroneckerGroup(owner, name, units, columns=columns, **common))
+            groups.append(
+                KroneckerGroup(owner, name, units, columns=columns, draws_per_rotation=draws_per_rotation, **common)
+            )
             continue
         groups.append(ClassificationGroup(owner, name, units, multiclass=True, exact=exact, columns=columns, **common))
     return groups

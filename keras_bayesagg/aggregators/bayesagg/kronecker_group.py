@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bayesagg.bayes import kronecker
+from keras_bayesagg.bayes import kronecker, kronecker_draws
 from keras_bayesagg.bayes.regression import GradientMoments
 
 FULL_DATA_CHUNK_ROWS = 4096
@@ -41,8 +41,10 @@ class KroneckerGroup:
         dtype: str,
         initial_prior_variance: float,
         columns: Sequence[int] = (),
+        draws_per_rotation: int = 1,
     ) -> None:
         self.task_units, self.columns, self.prefix = dict(task_units), tuple(columns), prefix
+        self.draws_per_rotation = draws_per_rotation
         self.prior_variance, self.dtype = prior_variance, dtype
         (self.label_columns,) = self.task_units.values()
         self.staged_columns = self.label_columns + len(self.columns)
@@ -90,20 +92,35 @@ class KroneckerGroup:
         num_samples: int,
         seed: tf.Tensor,
     ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
-        """Gradient moments [B, 1, D] under the batch posterior of the present rows, and whether it is finite."""
+        """Gradient moments [B, 1, D] under the batch posterior of the present rows, and whether it is finite.
+
+        `kronecker.batch_posterior` and `kronecker.gradient_moments`, kept in the feature eigenbasis
+        (`kronecker_draws`: the same posterior and estimator with fewer [C, C] products)."""
         basis = self.basis()
-        posterior = kronecker.batch_posterior(
+        labels = tf.cast(labels, self.dtype)
+        rotated_mean, precision, ok = kronecker_draws.rotated_batch_posterior(
             features,
-            tf.cast(labels, self.dtype),
+            labels,
             weights,
-            basis,
+            basis.classes,
+            basis.features,
             tf.convert_to_tensor(self.prior_precision),
             tf.convert_to_tensor(self.prior_mean),
             tf.cast(present[:, 0], self.dtype),
         )
-        moments = kronecker.gradient_moments(posterior, basis, features, tf.cast(labels, self.dtype), num_samples, seed)
+        moments = kronecker_draws.draw_moments(
+            rotated_mean,
+            tf.math.rsqrt(precision),
+            basis.classes,
+            basis.features,
+            features,
+            labels,
+            num_samples,
+            seed,
+            self.draws_per_rotation,
+        )
         (name,) = self.task_units
-        return {name: moments}, {name: posterior.ok}
+        return {name: moments}, {name: ok}
 
     def _chunks(self, features: np.ndarray, labels: np.ndarray, present: np.ndarray):
         for start in range(0, len(features), FULL_DATA_CHUNK_ROWS):
