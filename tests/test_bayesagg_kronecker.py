@@ -128,6 +128,8 @@ def test_config_round_trip_and_bad_value():
     for reuse in (0, 3, 48):  # not a whole number >= 1, odd, not dividing num_samples
         with pytest.raises(ValueError, match="kronecker_draws_per_rotation"):
             kb.BayesAgg(multiclass_posterior="kronecker", num_samples=64, kronecker_draws_per_rotation=reuse)
+    with pytest.raises(ValueError, match='applies to multiclass_posterior="kronecker" only'):
+        kb.BayesAgg(num_samples=64, kronecker_draws_per_rotation=16)  # the full posterior would ignore it
 
 
 def test_sign_flipped_draws_train_through_the_model_under_xla():

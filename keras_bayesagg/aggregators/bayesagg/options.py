@@ -47,6 +47,11 @@ class BayesAggOptions:
                 "BayesAgg: kronecker_draws_per_rotation must be 1 or an even divisor of num_samples "
                 f"({num_samples}); got {reuse}."
             )
+        if reuse != 1 and options.multiclass_posterior != "kronecker":
+            raise ValueError(
+                'BayesAgg: kronecker_draws_per_rotation applies to multiclass_posterior="kronecker" only; got '
+                f"kronecker_draws_per_rotation={reuse} with multiclass_posterior={options.multiclass_posterior!r}."
+            )
         return cls(
             prior_variance=prior_variance,
             regression_power=validation.power("BayesAgg", "regression_power", options.regression_power),
