@@ -12,8 +12,9 @@ gradient all-reduce), not a speed-up; on GPUs the compute splits while the gathe
 
 A second table times BayesAgg's `aggregate` call alone (warm: past its warm-up) on the preset's global batch:
 on one device for the whole batch (R = 1, and what every replica computed before each replica took its own
-rows) and for one replica's rows of R = 2 (`inputs.rows`: the per-replica work now); and on the two replicas
-computing the whole batch each (before) or their own rows (now), wall time. The last two columns are the
+rows), for one replica's rows of R = 2 (`inputs.rows`: the per-replica work now) and for no rows (the batch
+posteriors alone, which every replica still builds from all rows), so the differences are the per-row part;
+and on the two replicas computing the whole batch each (before) or their own rows (now), wall time. The last two columns are the
 BayesAgg part of a train step, the step with BayesAgg minus the step with linear scalarization.
 Variants alternate within rounds; medians.
 """
@@ -29,6 +30,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")  # each timed variant is a tf.function of its own: no retracing warnings
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -112,21 +115,21 @@ def aggregate_inputs(tasks: dict, batch: int, dim: int) -> AggregatorInputs:
     )
 
 
-def aggregate_call(strategy: tf.distribute.Strategy, tasks: dict, inputs: AggregatorInputs, share: int | None):
-    """A compiled call of a warm BayesAgg's `aggregate` under `strategy`; `share`: each replica computes the rows
-    of replica `replica_id` out of `share` replicas (None: the whole global batch)."""
-    batch = int(inputs.representation.shape[0])
+def aggregate_call(strategy: tf.distribute.Strategy, tasks: dict, inputs: AggregatorInputs, rows: int | None):
+    """A compiled call of a warm BayesAgg's `aggregate` under `strategy`; `rows`: each replica computes `rows` rows
+    from offset replica_id·rows (None: the whole global batch; 0: the posteriors alone, no per-row work)."""
     with strategy.scope():
         aggregator = kb.BayesAgg(warmup_epochs=1, seed=0)
         aggregator.build_for(TaskLayout(dict(tasks), int(inputs.representation.shape[1])))
         aggregator.completed_epochs.assign(1)
+    replicas = max(strategy.num_replicas_in_sync, REPLICAS)
 
     def on_replica() -> tf.Tensor:
-        rows = None
-        if share:
+        own = None
+        if rows is not None:
             replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
-            rows = ReplicaRows(offset=replica * (batch // share), size=tf.constant(batch // share), replicas=share)
-        return aggregator.aggregate(dataclasses.replace(inputs, rows=rows)).representation_gradient
+            own = ReplicaRows(offset=replica * rows, size=tf.constant(rows), replicas=replicas)
+        return aggregator.aggregate(dataclasses.replace(inputs, rows=own)).representation_gradient
 
     function = tf.function(lambda: strategy.run(on_replica))
     return lambda: [value.numpy() for value in strategy.experimental_local_results(function())]
@@ -185,20 +188,21 @@ def main() -> None:
             )
     print(f"\nBayesAgg's aggregate call alone, s (load average {os.getloadavg()[0]:.2f} at the start)")
     print(
-        "| preset | 1 device, global batch | 1 device, one replica's rows (R=2) | ratio | "
-        "2 replicas, whole batch each (before) | 2 replicas, own rows | ratio | "
-        "step BayesAgg − LS, 1 device | step BayesAgg − LS, 2 replicas |"
+        "| preset | 1 device, global batch | 1 device, one replica's rows (R=2) | 1 device, no rows (posteriors) | "
+        "per-row part: global, one replica's | 2 replicas, whole batch each (before) | 2 replicas, own rows | "
+        "ratio | step BayesAgg − LS, 1 device | step BayesAgg − LS, 2 replicas |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in presets:
         preset = PRESETS[name]
         tasks = parse_tasks(preset.tasks)
         inputs = aggregate_inputs(tasks, preset.batch, preset.dim)
         calls = {
             "global": aggregate_call(one_device, tasks, inputs, None),
-            "share": aggregate_call(one_device, tasks, inputs, REPLICAS),
+            "share": aggregate_call(one_device, tasks, inputs, preset.batch // REPLICAS),
+            "none": aggregate_call(one_device, tasks, inputs, 0),
             "replicas, whole batch": aggregate_call(mirrored, tasks, inputs, None),
-            "replicas, own rows": aggregate_call(mirrored, tasks, inputs, REPLICAS),
+            "replicas, own rows": aggregate_call(mirrored, tasks, inputs, preset.batch // REPLICAS),
         }
         seconds = median_interleaved_seconds(calls, args.steps)
         (single_bayes, replicated_bayes), (single_ls, replicated_ls) = (
@@ -206,8 +210,8 @@ def main() -> None:
             step_seconds[name, "LinearScalarization"],
         )
         print(
-            f"| {name} | {seconds['global']:.4f} | {seconds['share']:.4f} | "
-            f"{seconds['share'] / seconds['global']:.2f} | "
+            f"| {name} | {seconds['global']:.4f} | {seconds['share']:.4f} | {seconds['none']:.4f} | "
+            f"{seconds['global'] - seconds['none']:.4f}, {seconds['share'] - seconds['none']:.4f} | "
             f"{seconds['replicas, whole batch']:.4f} | {seconds['replicas, own rows']:.4f} | "
             f"{seconds['replicas, own rows'] / seconds['replicas, whole batch']:.2f} | "
             f"{single_bayes - single_ls:.4f} | {replicated_bayes - replicated_ls:.4f} |",
