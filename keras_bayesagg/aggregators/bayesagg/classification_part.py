@@ -10,7 +10,7 @@ carry the group's presence columns after its label columns.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -118,9 +118,12 @@ class ClassificationGroup:
         weights: tf.Tensor,
         num_samples: int,
         seed: tf.Tensor,
+        own_rows: Callable[[tf.Tensor], tf.Tensor] | None = None,
     ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
         """Per task: gradient moments [B, units or 1, D] under the batch posterior of the present rows, and
-        whether it factored (rows of missing labels get placeholder moments: their weight is 0)."""
+        whether it factored (rows of missing labels get placeholder moments: their weight is 0).
+        `own_rows` (several replicas): the posterior is of all B rows, the moments of the rows it selects only
+        (head draws are shared by all rows, so a row's moments do not depend on which replica computes them)."""
         labels = tf.cast(labels, self.dtype)
         posterior = classification.newton_posterior(
             self.curvature(features, labels, weights, present),
@@ -128,6 +131,8 @@ class ClassificationGroup:
             tf.convert_to_tensor(self.prior_precision),
             tf.convert_to_tensor(self.prior_mean),
         )
+        if own_rows is not None:
+            features, labels = own_rows(features), own_rows(labels)
         if self.multiclass:
             (name,) = self.task_units
             if self.exact:
@@ -216,6 +221,24 @@ def classification_groups(
             continue
         groups.append(ClassificationGroup(owner, name, units, multiclass=True, exact=exact, columns=columns, **common))
     return groups
+
+
+def own_rows_moments(
+    group: ClassificationGroup | KroneckerGroup,
+    features: tf.Tensor,
+    labels: tf.Tensor,
+    present: tf.Tensor,
+    weights: tf.Tensor,
+    num_samples: int,
+    seed: tf.Tensor,
+    own_rows: Callable[[tf.Tensor], tf.Tensor],
+) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
+    """A group's moments of the rows `own_rows` selects, under the batch posterior of all rows. A
+    `KroneckerGroup` computes every row's moments (its draws are shared by all rows too): they are sliced."""
+    if isinstance(group, KroneckerGroup):
+        moments, ok = group.moments(features, labels, present, weights, num_samples, seed)
+        return {name: GradientMoments(own_rows(m.mean), own_rows(m.variance)) for name, m in moments.items()}, ok
+    return group.moments(features, labels, present, weights, num_samples, seed, own_rows)
 
 
 def group_holding(groups: list[Any], task_name: str) -> Any:
