@@ -52,11 +52,14 @@ def draw_moments(
     num_samples: int,
     seed: tf.Tensor,
     draws_per_rotation: int = 1,
+    batch_hint: int | None = None,
 ) -> GradientMoments:
     """Monte Carlo moments [B, 1, D] of g = Σ_c (softmax(W_s h̃)_c − y_c)·w_s,c,1:D over S draws W_s.
 
     `rotated_mean` mean·Q_G [C, n], `scale` 1/√λ [C, n], bases Q_A [C, C] and Q_G [n, n]; `seed` [2] stateless.
     Draws run in chunks (an XLA loop), memory O(chunk·(C·n + B·C + B·n)); no S×B×D tensor is kept.
+    `batch_hint`: the rows the chunk size is chosen for (default: the static rows of `features`, else 256); the
+    draws depend on the chunk, so rows computed apart (one replica's) pass the whole batch's.
     """
     num_classes, width = rotated_mean.shape
     if num_classes is None or width is None:
@@ -66,7 +69,7 @@ def draw_moments(
             f"draws_per_rotation must be 1 or an even divisor of num_samples ({num_samples}); got {draws_per_rotation}."
         )
     dtype = features.dtype
-    batch_hint = features.shape[0] or 256
+    batch_hint = batch_hint or features.shape[0] or 256
     chunk = draw_chunk(num_samples, num_classes, width, batch_hint, draws_per_rotation)
     bases = chunk // draws_per_rotation
     projected = tf.matmul(with_bias_feature(features), feature_basis)  # u = Q_Gᵀh̃ [B, n]

@@ -24,7 +24,6 @@ from keras_bayesagg.aggregators.bayesagg.classification_part import (
     ClassificationGroup,
     classification_groups,
     group_holding,
-    own_rows_moments,
 )
 from keras_bayesagg.aggregators.bayesagg.options import BayesAggOptions
 from keras_bayesagg.aggregators.bayesagg.posterior_faults import posterior_faults
@@ -181,9 +180,7 @@ class BayesAgg(PredictiveServing, Aggregator):
                 task_ok.update({name: ok for name in regression_moments})
             parts = zip(self.groups, group_labels, group_present, group_weights, seeds)
             for group, labels, mask, weights, seed in parts:
-                group_moments, group_ok = own_rows_moments(
-                    group, features, labels, mask, weights, self.num_samples, seed, own
-                )
+                group_moments, group_ok = group.moments(features, labels, mask, weights, self.num_samples, seed, own)
                 moments.update(group_moments)
                 task_ok.update(group_ok)
             means = tf.cast(tf.concat([moments[name].mean for name in names], axis=1), tf.float32)

@@ -223,24 +223,6 @@ def classification_groups(
     return groups
 
 
-def own_rows_moments(
-    group: ClassificationGroup | KroneckerGroup,
-    features: tf.Tensor,
-    labels: tf.Tensor,
-    present: tf.Tensor,
-    weights: tf.Tensor,
-    num_samples: int,
-    seed: tf.Tensor,
-    own_rows: Callable[[tf.Tensor], tf.Tensor],
-) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
-    """A group's moments of the rows `own_rows` selects, under the batch posterior of all rows. A
-    `KroneckerGroup` computes every row's moments (its draws are shared by all rows too): they are sliced."""
-    if isinstance(group, KroneckerGroup):
-        moments, ok = group.moments(features, labels, present, weights, num_samples, seed)
-        return {name: GradientMoments(own_rows(m.mean), own_rows(m.variance)) for name, m in moments.items()}, ok
-    return group.moments(features, labels, present, weights, num_samples, seed, own_rows)
-
-
 def group_holding(groups: list[Any], task_name: str) -> Any:
     """The group (all binary outputs, or one multiclass head) that holds `task_name`'s prior."""
     for group in groups:

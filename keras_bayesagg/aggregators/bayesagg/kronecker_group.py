@@ -10,7 +10,7 @@ Q diag(1/λ) Qᵀ when that fits the model's `uncertainty_state_mb` (`predictive
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -91,8 +91,11 @@ class KroneckerGroup:
         weights: tf.Tensor,
         num_samples: int,
         seed: tf.Tensor,
+        own_rows: Callable[[tf.Tensor], tf.Tensor] | None = None,
     ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
         """Gradient moments [B, 1, D] under the batch posterior of the present rows, and whether it is finite.
+        `own_rows` (several replicas): the posterior is of all rows, the moments of the rows it selects only (the
+        draws are shared by all rows and chunked for the whole batch, so a row's moments do not depend on it).
 
         `kronecker.batch_posterior` and `kronecker.gradient_moments`, kept in the feature eigenbasis
         (`kronecker_draws`: the same posterior and estimator with fewer [C, C] products)."""
@@ -108,16 +111,18 @@ class KroneckerGroup:
             tf.convert_to_tensor(self.prior_mean),
             tf.cast(present[:, 0], self.dtype),
         )
+        own = own_rows or (lambda tensor: tensor)
         moments = kronecker_draws.draw_moments(
             rotated_mean,
             tf.math.rsqrt(precision),
             basis.classes,
             basis.features,
-            features,
-            labels,
+            own(features),
+            own(labels),
             num_samples,
             seed,
             self.draws_per_rotation,
+            batch_hint=features.shape[0],
         )
         (name,) = self.task_units
         return {name: moments}, {name: ok}
