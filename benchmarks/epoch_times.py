@@ -2,7 +2,8 @@
 
 A stall shows as the last warm-up epoch (the first with statistics and the first refresh) or the first
 BayesAgg epoch taking much longer than later ones. Prints each epoch's time and the ratios to the median of
-the last epochs, all from one run. `python benchmarks/epoch_times.py [rows] [epochs] [warmup]`.
+the last epochs, all from one run, with each epoch's first and median step (the first epoch's first step
+holds the tracing and the one-time XLA compilation of BayesAgg's factorizations). `python benchmarks/epoch_times.py [rows] [epochs] [warmup]`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,22 @@ class EpochClock(keras.callbacks.Callback):
         super().__init__()
         self.seconds: list[float] = []
 
+        self.first_steps: list[float] = []
+        self.median_steps: list[float] = []
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.start = time.perf_counter()
+        self.start = self.last = time.perf_counter()
+        self.steps: list[float] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        self.steps.append(now - self.last)
+        self.last = now
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.seconds.append(time.perf_counter() - self.start)
+        self.first_steps.append(self.steps[0])
+        self.median_steps.append(float(np.median(self.steps)))
 
 
 def main(rows: int = 2048, epochs: int = 8, warmup: int = 3) -> None:
@@ -48,7 +60,8 @@ def main(rows: int = 2048, epochs: int = 8, warmup: int = 3) -> None:
     steady = float(np.median(clock.seconds[warmup + 1 :]))
     for epoch, seconds in enumerate(clock.seconds):
         role = "warm-up" if epoch < warmup - 1 else "last warm-up" if epoch == warmup - 1 else "BayesAgg"
-        print(f"epoch {epoch}: {seconds:6.2f} s  ({seconds / steady:4.1f}x steady)  {role}")
+        steps = f"first step {clock.first_steps[epoch]:6.3f} s, median step {clock.median_steps[epoch]:6.3f} s"
+        print(f"epoch {epoch}: {seconds:6.2f} s  ({seconds / steady:4.1f}x steady)  {steps}  {role}")
     print(f"steady (median of epochs {warmup + 1}..{epochs - 1}): {steady:.2f} s")
 
 

@@ -2,14 +2,16 @@
 
     python benchmarks/interleaved.py --preset cifar-mtl-cnn --rounds 15
     python benchmarks/interleaved.py --preset utkface-heads --rounds 10
-    python benchmarks/interleaved.py --classes 1000 --dim 256 --num-samples 16 --rounds 10
+    python benchmarks/interleaved.py --classes 1000 --dim 256 --num-samples 16 --draws-per-rotation 1,16
 
 `step_time.py` times one model after the other, so a change of load between them shows as a ratio. Here
 every round runs `--steps` steps of each variant back to back (LS; BayesAgg with its Bayesian part as one XLA
 cluster; BayesAgg without it) and the ratio to LS is taken within the round; the median over rounds is printed
 with the quartiles, and each variant's first fit (tracing and compilation, one step, the refresh, three steps).
 `--classes` times a regression task plus one `Multiclass(C)` head with the Kronecker
-posterior on the conv trunk instead of a preset.
+posterior on the conv trunk instead of a preset, one BayesAgg variant per `--draws-per-rotation` K (each with
+and without the cluster). The float32 matmul rate (`flop_model.py`) and the load average are printed before and
+after the rounds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from flop_model import matmul_rate  # noqa: E402
 from step_time import PRESETS, Preset, make_trunk, parse_tasks  # noqa: E402
 
 import keras_bayesagg as kb  # noqa: E402
@@ -59,7 +62,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--num-samples", type=int, default=1024)
+    parser.add_argument("--draws-per-rotation", default="1", help="with --classes: comma-separated K values")
+    parser.add_argument("--no-cluster", action="store_true", help="time BayesAgg without the XLA cluster only")
     args = parser.parse_args()
+    print(f"# before: float32 matmul {matmul_rate(10):.1f} GFLOP/s, load average {os.getloadavg()}", flush=True)
     options = dict(warmup_epochs=0, seed=0, num_samples=args.num_samples)
     if args.classes:
         preset = Preset(128, args.dim, f"reg:1,mc:{args.classes}", trunk="conv", xla=False)
@@ -69,10 +75,14 @@ def main() -> None:
         preset, name = PRESETS[args.preset], args.preset
     jit = preset.xla
     variants = {"LS": compiled_step(kb.aggregators.LinearScalarization(), preset, jit, True)}
-    if not jit:  # under a jit-compiled model the cluster makes no difference
-        # First: its first fit compiles the XLA factorizations the cluster (compiled whole) does not reuse.
-        variants["BayesAgg (no cluster)"] = compiled_step(kb.BayesAgg(**options), preset, jit, False)
-    variants["BayesAgg (XLA cluster)"] = compiled_step(kb.BayesAgg(**options), preset, jit, True)
+    for reuse in (int(k) for k in args.draws_per_rotation.split(",")) if args.classes else [None]:
+        tag = "" if reuse is None else f" K={reuse}"
+        given = options if reuse is None else {**options, "kronecker_draws_per_rotation": reuse}
+        if not jit:  # under a jit-compiled model the cluster makes no difference
+            # First: its first fit compiles the XLA factorizations the cluster (compiled whole) does not reuse.
+            variants[f"BayesAgg{tag} (no cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, False)
+        if not args.no_cluster:
+            variants[f"BayesAgg{tag} (XLA cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, True)
     first_seconds = {key: first for key, (_, first) in variants.items()}
     variants = {key: step for key, (step, _) in variants.items()}
     seconds: dict[str, list[float]] = {key: [] for key in variants}
@@ -92,6 +102,7 @@ def main() -> None:
             f"[{quartiles[0]:.2f}, {quartiles[2]:.2f}]   first fit {first_seconds[key]:5.1f} s (trace, compile)",
             flush=True,
         )
+    print(f"# after: float32 matmul {matmul_rate(10):.1f} GFLOP/s, load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

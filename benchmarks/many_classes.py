@@ -7,12 +7,13 @@
 Step times: the small conv trunk of `step_time.py` (32×32×3 inputs, representation D), a regression task and
 one `Multiclass(C)` head, batch 128, median of `--steps` compiled steps, repeated `--repeats` times with the
 ratio taken within each repeat (the machine is shared). The full posterior is refused at these shapes
-(`memory_limit_gb=4`), so it is not timed. Monte Carlo draws cost O(S·B·C·(C + D)) per step: S is printed.
+(`memory_limit_gb=4`), so it is not timed. Monte Carlo draws cost O(S/K·C²·D + S·B·C·D) per step (K draws per
+class rotation of the noise, `kronecker_draws_per_rotation`): S and K are printed.
 
 End metrics: a synthetic task with signal (a teacher network): inputs x ∈ R^20, y_reg = teacher regression
 output + noise, y_cls = argmax of C teacher logits + Gumbel noise; a two-layer ELU trunk (D=32); Adam, 8
 epochs, warm-up 1; held-out accuracy, negative log-likelihood and regression MSE, for the full GGN posterior
-and the Kronecker one, and linear scalarization as the baseline.
+and the Kronecker one (with K = 1 and 16 draws per class rotation), and linear scalarization as the baseline.
 """
 
 from __future__ import annotations
@@ -33,24 +34,31 @@ from step_time import Preset, time_train_steps  # noqa: E402
 
 import keras_bayesagg as kb  # noqa: E402
 
-SHAPES = {"C=100, D=64": (100, 64, 64), "C=1000, D=256": (1000, 256, 16)}  # classes, D, draws S
+# classes, D, draws S, draws per class rotation K (docs/benchmarks.md: S and K against cost and moment noise)
+SHAPES = {"C=100, D=64": (100, 64, 64, 2), "C=1000, D=256": (1000, 256, 16, 16)}
 
 
 def step_times(steps: int, repeats: int) -> None:
     print(f"# median seconds per step over {steps} steps, {repeats} repeats; conv trunk, B=128; {os.cpu_count()} cores")
-    print(f"{'shape':16} {'S':>5} {'LS':>8} {'kronecker':>10} {'ratio':>6}")
-    for label, (classes, dim, draws) in SHAPES.items():
+    print(f"{'shape':16} {'S':>5} {'K':>3} {'LS':>8} {'kronecker':>10} {'ratio':>6}")
+    for label, (classes, dim, draws, reuse) in SHAPES.items():
         preset = Preset(128, dim, f"reg:1,mc:{classes}", trunk="conv", xla=False)
         ratios, linear_times, kronecker_times = [], [], []
         for _ in range(repeats):
             linear = time_train_steps(kb.aggregators.LinearScalarization(), preset, steps, False)
-            aggregator = kb.BayesAgg(warmup_epochs=0, num_samples=draws, seed=0, multiclass_posterior="kronecker")
+            aggregator = kb.BayesAgg(
+                warmup_epochs=0,
+                num_samples=draws,
+                seed=0,
+                multiclass_posterior="kronecker",
+                kronecker_draws_per_rotation=reuse,
+            )
             kronecker = time_train_steps(aggregator, preset, steps, False)
             ratios.append(kronecker / linear)
             linear_times.append(linear)
             kronecker_times.append(kronecker)
         print(
-            f"{label:16} {draws:5d} {statistics.median(linear_times):8.4f} {statistics.median(kronecker_times):10.4f} "
+            f"{label:16} {draws:5d} {reuse:3d} {statistics.median(linear_times):8.4f} {statistics.median(kronecker_times):10.4f} "
             f"{statistics.median(ratios):6.2f}   (ratios per repeat: {', '.join(f'{r:.2f}' for r in ratios)})",
             flush=True,
         )
@@ -70,12 +78,15 @@ def teacher_data(classes: int, rows: int, seed: int) -> tuple[np.ndarray, dict[s
     return x, labels
 
 
-def end_metrics(classes: int, seeds: int, epochs: int, draws: int) -> None:
+VARIANTS = ("linear scalarization", "BayesAgg full", "BayesAgg kronecker", "BayesAgg kronecker K=16")
+
+
+def end_metrics(classes: int, seeds: int, epochs: int, draws: int, variants: tuple[str, ...] = VARIANTS) -> None:
     x_train, y_train = teacher_data(classes, 4096, seed=0)
     x_test, y_test = teacher_data(classes, 2048, seed=1)
     print(f"# C={classes}, D=32, 4096 training rows, {epochs} epochs, S={draws}; medians over {seeds} seeds")
     print(f"{'aggregator':22} {'accuracy':>9} {'NLL':>8} {'MSE':>8} {'s/epoch':>8}")
-    for label in ("linear scalarization", "BayesAgg full", "BayesAgg kronecker"):
+    for label in variants:
         accuracy, nll, mse, seconds = [], [], [], []
         for seed in range(seeds):
             keras.utils.set_random_seed(seed)
@@ -86,9 +97,14 @@ def end_metrics(classes: int, seeds: int, epochs: int, draws: int) -> None:
             if label == "linear scalarization":
                 aggregator = kb.aggregators.LinearScalarization()
             else:
-                posterior = label.split()[-1]
+                posterior, *reuse = label.split()[1:]
                 aggregator = kb.BayesAgg(
-                    warmup_epochs=1, num_samples=draws, seed=seed, multiclass_posterior=posterior, memory_limit_gb=None
+                    warmup_epochs=1,
+                    num_samples=draws,
+                    seed=seed,
+                    multiclass_posterior=posterior,
+                    memory_limit_gb=None,
+                    kronecker_draws_per_rotation=int(reuse[0][2:]) if reuse else 1,
                 )
             model.compile(optimizer=keras.optimizers.Adam(1e-3), aggregator=aggregator)
             start = time.perf_counter()
@@ -115,10 +131,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     tf.config.threading.set_inter_op_parallelism_threads(2)
     if args.metrics:
-        end_metrics(args.classes, args.seeds, args.epochs, args.num_samples)
+        end_metrics(args.classes, args.seeds, args.epochs, args.num_samples, tuple(args.variants.split(",")))
     else:
         step_times(args.steps, args.repeats)
 

@@ -6,7 +6,7 @@ whatever aggregator is compiled, so the model's weight list depends on its tasks
   predicts with the full-data posterior mean, which BayesAgg switches on after its warm-up; recompiling
   with an aggregator that does not override folds it back into kernel and bias (`fold_override`);
 - every head has a `ServedState` (`served_state.py`) unless the model's `uncertainty_state_mb` is too small
-  for it.
+  for it; a multiclass head whose dense covariance is over the limit gets the Kronecker-factored form.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bayesagg.served_state import FORMS, ServedState, megabytes
+from keras_bayesagg.served_state import FORMS, ServedState, choose_form
 
 LEGACY_COUNTS = (2, 4)  # version 0.1.0 / 0.2.0 files: kernel, bias (and the override pair)
 
@@ -55,10 +55,10 @@ class LinearHead(keras.layers.Layer):
             self.override_active = self.add_weight(
                 name="override_active", shape=(), initializer="zeros", trainable=False
             )
-        if self.kind in FORMS:
-            size = megabytes(self.kind, self.units, dim)
-            if self.uncertainty_state_mb is None or size <= self.uncertainty_state_mb:
-                self.served = FORMS[self.kind](self, self.units, dim)
+        if self.kind in FORMS:  # the form depends on the head's shape and the limit only, never on the aggregator
+            form, size = choose_form(self.kind, self.units, dim, self.uncertainty_state_mb)
+            if form is not None:
+                self.served = form(self, self.units, dim)
             else:
                 self.served_state_skipped_mb = size
 

@@ -33,8 +33,9 @@ class MultiTaskModel(keras.Model):
     A step with labels that do not fit, or non-finite values, makes no update (see `raise_for_faults`).
 
     `uncertainty_state_mb`: the largest served state (posterior covariance) a head gets, in MB; every head has
-    one whatever the aggregator, so the weight list depends on the tasks alone (a Multiclass(C) head's is
-    (C(D+1))² floats: over the limit it gets none and serves no uncertainty). None: no limit.
+    one whatever the aggregator, so the weight list depends on the tasks alone (a Multiclass(C) head's dense one
+    is (C(D+1))² floats: over the limit it gets the Kronecker-factored form, C² + (D+1)² + C(D+1) floats; a head
+    over the limit in every form serves no uncertainty). None: no limit.
     """
 
     def __init__(

@@ -21,14 +21,18 @@ SERVE = "serve"
 SERVE_WITH_UNCERTAINTY = "serve_with_uncertainty"
 
 
+def _megabytes(size: float) -> str:
+    return f"{size:.0f}" if size >= 100 else f"{size:.3g}"
+
+
 def served_missing(model: keras.Model) -> str | None:
     """Why the heads' served state cannot answer (None when every head's is written)."""
     for name, head in model.heads.items():
         if head.served is None and head.served_state_skipped_mb is not None:
             return (
                 f"head '{name}' keeps no served state: its posterior covariance would take "
-                f"{head.served_state_skipped_mb:.0f} MB, over the model's uncertainty_state_mb="
-                f"{model.uncertainty_state_mb}. Build the model with kb.MultiTaskModel(..., "
+                f"{_megabytes(head.served_state_skipped_mb)} MB in its smallest form, over the model's "
+                f"uncertainty_state_mb={model.uncertainty_state_mb}. Build the model with kb.MultiTaskModel(..., "
                 f"uncertainty_state_mb={int(head.served_state_skipped_mb) + 1}) to serve its uncertainty."
             )
     if all(head.served is not None and float(head.served.ready.numpy()) > 0 for head in model.heads.values()):

@@ -60,8 +60,9 @@ def train_step(model: Any, data: Any) -> dict[str, tf.Tensor]:
             aggregator, tape, tasks, filled, logits, losses, h32, kernels, heads, trunk_variables, present
         )
         rebuild = gradients.task_gradients_from_rows(tasks, model._logits, kernels)
-        inputs, own_rows = global_batch.gather(inputs, rebuild)  # identity on one replica
-        aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows)
+        own_rows_only = aggregator.computes_own_rows  # BayesAgg: per-row work for this replica's rows only
+        inputs, own_rows = global_batch.gather(inputs, rebuild, hand_rows=own_rows_only)  # identity on one replica
+        aggregation = global_batch.local_part(aggregator.aggregate(inputs), own_rows, own_rows_only)
         scale = model.optimizer.scale_loss(tf.constant(1.0 / model.distribute_strategy.num_replicas_in_sync))
         objectives = gradients.scaled_objectives(aggregation, regularization_loss(model), scale)
     grads = gradients.route(aggregation, tape, h, *objectives, trunk_variables, other_variables, scale)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bayesagg.bayes import classification, evidence, kronecker, predictive
+from keras_bayesagg.bayes import classification, evidence, kronecker, kronecker_draws, predictive
 
 CLASSES, DIM, ROWS = 4, 5, 40
 GAMMA = 0.3
@@ -88,12 +88,30 @@ def test_batch_posterior_is_a_newton_step_of_the_diagonal_precision():
     assert bool(posterior.ok)
 
 
-def test_monte_carlo_moments_match_the_full_paths_estimator_on_the_same_posterior():
+def test_the_rotated_batch_posterior_is_the_batch_posterior_in_the_feature_eigenbasis():
+    features, labels, weights, present = _data(2)
+    _, basis, _, prior = _full_data(features, labels, weights, present)
+    batch_features, batch_labels, _, batch_present = (t[:12] for t in _data(3))
+    inputs = (batch_features, batch_labels, weights)
+    expected = kronecker.batch_posterior(*inputs, basis, prior.precision, prior.mean, batch_present)
+    mean, precision, ok = kronecker_draws.rotated_batch_posterior(
+        *inputs, basis.classes, basis.features, prior.precision, prior.mean, batch_present
+    )
+    np.testing.assert_allclose(mean, expected.mean @ basis.features, atol=1e-10)
+    np.testing.assert_allclose(precision, expected.precision, rtol=1e-12)
+    assert bool(ok)
+
+
+@pytest.mark.parametrize("draws_per_rotation", [1, 16])
+def test_monte_carlo_moments_match_the_full_paths_estimator_on_the_same_posterior(draws_per_rotation):
+    # Sign-flipped reuse of a rotated noise matrix keeps every draw exact: the same moments in expectation.
     features, labels, weights, present = _data(4, scale=1.5)
     _, basis, _, posterior = _full_data(features, labels, weights, present)
     batch, batch_labels = features[:6], labels[:6]
     samples = 2**16
-    moments = kronecker.gradient_moments(posterior, basis, batch, batch_labels, samples, tf.constant([1, 2]))
+    moments = kronecker.gradient_moments(
+        posterior, basis, batch, batch_labels, samples, tf.constant([1, 2]), draws_per_rotation
+    )
     precision = kronecker.dense_precision(basis, posterior.precision)[None]
     factor = tf.linalg.cholesky(precision)
     dense = classification.ClassificationPosterior(tf.reshape(posterior.mean, [1, -1]), precision, factor, [True])
@@ -103,17 +121,18 @@ def test_monte_carlo_moments_match_the_full_paths_estimator_on_the_same_posterio
     np.testing.assert_allclose(moments.variance, reference.variance, rtol=0.08, atol=1e-3 * scale**2)
 
 
-def test_moments_compile_with_xla_and_run_in_several_chunks(monkeypatch):
+@pytest.mark.parametrize("draws_per_rotation", [1, 4])
+def test_moments_compile_with_xla_and_run_in_several_chunks(monkeypatch, draws_per_rotation):
     # XLA's Philox stream differs from the kernel's: compare the estimates, not the draws.
     features, labels, weights, _ = _data(5)
     features, labels, weights = (tf.cast(t, tf.float32) for t in (features, labels, weights))
     _, basis, _, posterior = _full_data(features, labels, weights, None)
     batch, batch_labels, samples = features[:6], labels[:6], 2**14
-    eager = kronecker.gradient_moments(posterior, basis, batch, batch_labels, samples, tf.constant([7, 7]))
-    monkeypatch.setattr(kronecker, "DRAW_CHUNK_ELEMENTS", CLASSES * (DIM + 1) * 8)
-    assert kronecker.draw_chunk(samples, CLASSES, DIM + 1, 6) == 8
-    run = tf.function(kronecker.gradient_moments, jit_compile=True)
-    compiled = run(posterior, basis, batch, batch_labels, samples, tf.constant([7, 7]))
+    arguments = (posterior, basis, batch, batch_labels, samples, tf.constant([7, 7]), draws_per_rotation)
+    eager = kronecker.gradient_moments(*arguments)
+    monkeypatch.setattr(kronecker_draws, "DRAW_CHUNK_ELEMENTS", CLASSES * (DIM + 1) * 8)
+    assert kronecker.draw_chunk(samples, CLASSES, DIM + 1, 6, draws_per_rotation) == 8
+    compiled = tf.function(kronecker.gradient_moments, jit_compile=True)(*arguments)
     scale = np.abs(eager.mean.numpy()).max()
     np.testing.assert_allclose(compiled.mean, eager.mean, atol=0.05 * scale)
     np.testing.assert_allclose(compiled.variance, eager.variance, rtol=0.1, atol=1e-3 * scale**2)
@@ -133,3 +152,37 @@ def test_logit_covariance_matches_the_dense_covariance():
 def test_draw_chunk_divides_the_draws_within_the_budget(samples, classes, width, batch):
     chunk = kronecker.draw_chunk(samples, classes, width, batch)
     assert samples % chunk == 0 and chunk * classes * max(width, batch) <= kronecker.DRAW_CHUNK_ELEMENTS
+
+
+def test_antithetic_reuse_cancels_the_noise_linear_in_the_draw():
+    # With a near-zero head the gradient is almost linear in the drawn weights: independent draws leave
+    # Monte Carlo noise in E[g], antithetic pairs (draws_per_rotation ≥ 2) remove nearly all of it.
+    features, labels, _, _ = _data(7)
+    weights = tf.zeros([CLASSES, DIM + 1], tf.float64)
+    _, basis, _, posterior = _full_data(features, labels, weights, None, prior_variance=1e-4)
+    batch, batch_labels = features[:6], labels[:6]
+    reference = kronecker.gradient_moments(posterior, basis, batch, batch_labels, 2**14, tf.constant([1, 1]), 2)
+    errors = {}
+    for reuse in (1, 8):
+        estimate = kronecker.gradient_moments(posterior, basis, batch, batch_labels, 64, tf.constant([2, 2]), reuse)
+        errors[reuse] = float(tf.norm(estimate.mean - reference.mean) / tf.norm(reference.mean))
+    assert errors[8] < 0.2 * errors[1], errors
+
+
+@pytest.mark.parametrize("reuse", [3, 6])
+def test_draws_per_rotation_must_be_even_and_divide_the_draws(reuse):
+    features, labels, weights, _ = _data(8)
+    _, basis, _, posterior = _full_data(features, labels, weights, None)
+    with pytest.raises(ValueError, match="draws_per_rotation"):
+        kronecker.gradient_moments(posterior, basis, features[:4], labels[:4], 16, tf.constant([1, 1]), reuse)
+
+
+def test_label_rotation_gathers_rows_for_class_indices_and_multiplies_probability_rows():
+    rng = np.random.default_rng(9)
+    basis = tf.constant(np.linalg.qr(rng.normal(size=(CLASSES, CLASSES)))[0])
+    one_hot = tf.one_hot([0, 3, -1, 2], CLASSES, dtype=tf.float64) * tf.constant(
+        [[1.0], [0.5], [1.0], [1.0]], tf.float64
+    )
+    soft = tf.nn.softmax(tf.constant(rng.normal(size=(4, CLASSES))), axis=1)
+    for labels in (one_hot, soft):
+        np.testing.assert_allclose(kronecker_draws.rotate_labels(labels, basis), labels @ basis, atol=1e-12)

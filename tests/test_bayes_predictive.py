@@ -119,3 +119,48 @@ def test_entropies():
     np.testing.assert_allclose(predictive.binary_entropy(p).numpy(), [0.0, np.log(2.0), 0.0], atol=1e-12)
     uniform = tf.fill([2, 4], tf.constant(0.25, tf.float64))
     np.testing.assert_allclose(predictive.categorical_entropy(uniform).numpy(), [np.log(4.0)] * 2, rtol=1e-12)
+
+
+def _factored(rng: np.random.Generator, classes: int, width: int) -> predictive.FactoredCovariance:
+    """A random Kronecker-factored covariance with distinct eigenvalues (float64)."""
+    class_basis, _ = np.linalg.qr(rng.normal(size=(classes, classes)))
+    feature_basis, _ = np.linalg.qr(rng.normal(size=(width, width)))
+    eigenvalues = rng.uniform(0.1, 2.0, size=(classes, width))
+    return predictive.FactoredCovariance(*(tf.constant(a) for a in (class_basis, feature_basis, eigenvalues)))
+
+
+def _dense(factored: predictive.FactoredCovariance) -> np.ndarray:
+    rotation = np.kron(factored.classes.numpy(), factored.features.numpy())  # row-major (class, feature)
+    return rotation @ np.diag(factored.eigenvalues.numpy().ravel()) @ rotation.T
+
+
+def test_factored_logit_covariance_is_the_dense_covariance_seen_through_the_features():
+    rng = np.random.default_rng(5)
+    classes, width = 4, 6
+    factored = _factored(rng, classes, width)
+    extended = np.concatenate([rng.normal(size=(7, width - 1)), np.ones((7, 1))], axis=1)
+    dense = _dense(factored)
+    expected = np.stack([np.kron(np.eye(classes), row) @ dense @ np.kron(np.eye(classes), row).T for row in extended])
+    got = predictive.factored_logit_covariance(tf.constant(extended), factored).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_factored_from_dense_is_exact_on_factored_covariances_and_moment_matching_otherwise():
+    rng = np.random.default_rng(6)
+    classes, width = 4, 5
+    factored = _factored(rng, classes, width)
+    recovered = predictive.factored_from_dense(tf.constant(_dense(factored)), classes)
+    np.testing.assert_allclose(_dense(recovered), _dense(factored), atol=1e-10)
+    general = _spd(rng, classes * width)  # not of the factored form
+    projected = predictive.factored_from_dense(tf.constant(general), classes)
+    blocks = general.reshape(classes, width, classes, width)
+    for trace, basis in (
+        (np.einsum("cidi->cd", blocks), projected.classes),
+        (np.einsum("cicj->ij", blocks), projected.features),
+    ):
+        rotated = basis.numpy().T @ trace @ basis.numpy()  # the basis diagonalizes the partial traces
+        np.testing.assert_allclose(rotated - np.diag(np.diag(rotated)), 0.0, atol=1e-10)
+    rotation = np.kron(projected.classes.numpy(), projected.features.numpy())
+    variances = np.diag(rotation.T @ general @ rotation).reshape(classes, width)  # each direction's variance
+    np.testing.assert_allclose(projected.eigenvalues.numpy(), variances, rtol=1e-10)
+    assert np.abs(_dense(projected) - general).max() > 1e-3  # a projection: the off-diagonal part is dropped

@@ -120,7 +120,22 @@ def test_evidence_prior_variance_and_serving_uncertainty_with_the_kronecker_post
 
 
 def test_config_round_trip_and_bad_value():
-    aggregator = kb.BayesAgg(multiclass_posterior="kronecker")
-    assert kb.BayesAgg.from_config(aggregator.get_config()).multiclass_posterior == "kronecker"
+    aggregator = kb.BayesAgg(multiclass_posterior="kronecker", num_samples=64, kronecker_draws_per_rotation=16)
+    restored = kb.BayesAgg.from_config(aggregator.get_config())
+    assert restored.multiclass_posterior == "kronecker" and restored.kronecker_draws_per_rotation == 16
     with pytest.raises(ValueError, match="multiclass_posterior"):
         kb.BayesAgg(multiclass_posterior="diagonal")
+    for reuse in (0, 3, 48):  # not a whole number >= 1, odd, not dividing num_samples
+        with pytest.raises(ValueError, match="kronecker_draws_per_rotation"):
+            kb.BayesAgg(multiclass_posterior="kronecker", num_samples=64, kronecker_draws_per_rotation=reuse)
+    with pytest.raises(ValueError, match='applies to multiclass_posterior="kronecker" only'):
+        kb.BayesAgg(num_samples=64, kronecker_draws_per_rotation=16)  # the full posterior would ignore it
+
+
+def test_sign_flipped_draws_train_through_the_model_under_xla():
+    x, labels = _data(2)
+    model = _model()
+    _compile(model, "kronecker", jit_compile=True, kronecker_draws_per_rotation=8)
+    model.fit(_dataset(x, labels), epochs=2, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in model.trunk.get_weights())
+    assert not np.allclose(model.aggregator.last_task_weights.numpy(), 1.0)

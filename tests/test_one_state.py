@@ -160,9 +160,39 @@ def test_heads_over_the_state_limit_serve_no_uncertainty_and_say_how_to_get_it()
     keras.utils.set_random_seed(0)
     trunk = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16)])
     tasks = {"value": kb.tasks.Regression(), "kind": kb.tasks.Multiclass(4)}
-    model = kb.MultiTaskModel(trunk, tasks, uncertainty_state_mb=0.01)  # kind: (4·17)² floats = 0.018 MB
+    # kind: dense (4·17)² floats = 0.018 MB, factored 4² + 17² + 4·17 floats = 0.0015 MB; value: 16² floats
+    model = kb.MultiTaskModel(trunk, tasks, uncertainty_state_mb=0.0012)
     model.compile(optimizer="adam", aggregator=kb.BayesAgg(num_samples=8, seed=0))
     model.fit(x, {"value": labels["value"], "kind": labels["kind"]}, batch_size=64, epochs=2, verbose=0)
     assert model.heads["kind"].served is None and model.heads["value"].served is not None
-    with pytest.raises(ValueError, match=r"head 'kind' keeps no served state.*uncertainty_state_mb=1\)"):
+    with pytest.raises(ValueError, match=r"head 'kind' keeps no served state.*0.00149 MB.*uncertainty_state_mb=1\)"):
         model.predict_with_uncertainty(x)
+
+
+def test_no_compilation_or_retracing_after_the_first_step_of_a_graph_mode_run():
+    """Issue 16, item 8: the end of warm-up stalled for seconds, compiling BayesAgg's factorizations at the
+    first refresh and again at the first BayesAgg step. TensorFlow logs each XLA compilation (C++ INFO log);
+    a fresh process fits through two warm-up epochs and two BayesAgg epochs, and marks its steps on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parent.parent
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compiler=1"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(root), environment.get("PYTHONPATH", "")])
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.scripts.compile_log_script"],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if "MARK" in line or "Compilation of XLA executable" in line]
+    first_step = lines.index("MARK step 0")
+    assert any("Compilation of XLA executable" in line for line in lines[:first_step])  # the log is on
+    assert "MARK epoch 3 completed=4" in lines  # two warm-up epochs, two BayesAgg epochs, four refreshes
+    late = [line for line in lines[first_step:] if "Compilation of XLA executable" in line]
+    assert late == [], f"XLA compilations after the first step: {late}"
+    assert "MARK traces 1" in lines

@@ -34,6 +34,11 @@ class Aggregator(keras.layers.Layer):
     needs_task_gradients: bool = False
     needs_parameter_gradients: bool = False
     needs_epoch_hooks: bool = False  # True: `model.end_epoch()` must run (loops without fit get a warning)
+    # True: under R > 1 replicas the engine hands it `inputs.rows`, and the gradient of its
+    # `RepresentationAggregation` holds this replica's rows only (per-row work split over the replicas; task
+    # weights and faults summed over replicas with `inputs.sum_over_replicas`). False: the gradient of the
+    # whole global batch, of which the engine keeps this replica's rows (docs/distributed.md).
+    computes_own_rows: bool = False
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, trainable=kwargs.pop("trainable", True), dtype="float32", **kwargs)

@@ -52,6 +52,7 @@ __all__ = [
     "AggregatorInputs",
     "ObjectiveAggregation",
     "ParameterAggregation",
+    "ReplicaRows",
     "RepresentationAggregation",
     "TaskLayout",
     "TaskUnit",
@@ -115,6 +116,27 @@ class TaskLayout:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicaRows:
+    """Where this replica's rows sit in the global batch under R > 1 tf.distribute replicas (rows of the
+    replicas in replica order make the global batch; `engine/global_batch.py`)."""
+
+    offset: tf.Tensor  # int32 scalar: rows of the replicas before this one
+    size: tf.Tensor  # int32 scalar: this replica's rows
+    replicas: int
+
+    def select(self, tensor: tf.Tensor) -> tf.Tensor:
+        """This replica's rows of a [B, ...] tensor of the global batch (static rank; XLA: a dynamic slice)."""
+        rank = tensor.shape.rank
+        rows = tf.slice(tensor, [self.offset] + [0] * (rank - 1), [self.size] + [-1] * (rank - 1))
+        rows.set_shape([None] + tensor.shape.as_list()[1:])  # the slice keeps the other dimensions
+        return rows
+
+    def sum(self, value: tf.Tensor) -> tf.Tensor:
+        """The sum of `value` over all replicas (an all-reduce; call it in the replica context, outside conds)."""
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+@dataclasses.dataclass(frozen=True)
 class AggregatorInputs:
     """What one train step hands to `Aggregator.aggregate` (tensors only).
 
@@ -132,6 +154,9 @@ class AggregatorInputs:
         missing) times its sample and class weights, a repetition count (2: as if the row came twice).
         Not only 0/1: use `presence()`, `unit_counts()`, `loss_gradients()`. The engine always sets it;
         None, e.g. in hand-made inputs, means every label is present with weight 1.
+    rows: under R > 1 replicas, for an aggregator with `computes_own_rows` only: this replica's rows of the
+        global batch the other fields hold (`own_rows`, `sum_over_replicas`). None: all rows are this
+        replica's (one replica, or an aggregator that decides on the whole global batch).
     """
 
     losses: tf.Tensor
@@ -141,6 +166,7 @@ class AggregatorInputs:
     head_weights: Mapping[str, tf.Tensor]
     parameter_gradients: tf.Tensor | None = None
     present: tf.Tensor | None = None
+    rows: ReplicaRows | None = None
 
     @property
     def batch_size(self) -> tf.Tensor:
@@ -152,6 +178,14 @@ class AggregatorInputs:
             return tf.cast(self.present, tf.float32)
         rows = self.batch_size if self.task_gradients is None else tf.shape(self.task_gradients)[0]
         return tf.ones([rows, tf.shape(self.losses)[0]], tf.float32)
+
+    def own_rows(self, tensor: tf.Tensor) -> tf.Tensor:
+        """This replica's rows of a [B, ...] tensor of these inputs (the tensor itself when `rows` is None)."""
+        return tensor if self.rows is None else self.rows.select(tensor)
+
+    def sum_over_replicas(self, value: tf.Tensor) -> tf.Tensor:
+        """Σ over replicas of a per-replica `value` (e.g. sums over own rows); `value` itself when `rows` is None."""
+        return value if self.rows is None else self.rows.sum(value)
 
     def unit_counts(self) -> tf.Tensor:
         """n_k = Σ_i w_ik [K] float32 (1 where it is 0): the denominators of the unit losses."""

@@ -3,7 +3,7 @@
 Plain TensorFlow functions with no Keras state, so each can be tested alone.
 """
 
-from keras_bayesagg.bayes import classification, evidence, exact_moments, kronecker, regression
+from keras_bayesagg.bayes import classification, evidence, exact_moments, kronecker, kronecker_draws, regression
 from keras_bayesagg.bayes.aggregation import (
     InverseVarianceAggregate,
     inverse_variance_aggregate,
@@ -25,6 +25,7 @@ __all__ = [
     "inverse_from_cholesky",
     "inverse_variance_aggregate",
     "kronecker",
+    "kronecker_draws",
     "regression",
     "regression_evidence_variance",
     "safe_cholesky",

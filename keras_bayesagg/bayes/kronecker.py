@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from keras_bayesagg.bayes import kronecker_draws
 from keras_bayesagg.bayes.classification import with_bias_feature
 from keras_bayesagg.bayes.evidence import _fixed_point
+from keras_bayesagg.bayes.kronecker_draws import DRAW_CHUNK_ELEMENTS, draw_chunk  # noqa: F401 (re-exported)
 from keras_bayesagg.bayes.regression import GradientMoments
-
-DRAW_CHUNK_ELEMENTS = 2**22  # largest [chunk, C, n] or [chunk, B, C] tensor of one chunk of draws
 
 
 class KroneckerFactors(NamedTuple):
@@ -208,12 +208,6 @@ def logit_covariance(features: tf.Tensor, basis: KroneckerBasis, precision: tf.T
     return tf.einsum("ck,bk,dk->bcd", basis.classes, variances, basis.classes)
 
 
-def draw_chunk(num_samples: int, num_classes: int, width: int, batch: int = 256) -> int:
-    """Draws per chunk: the largest divisor of S keeping [chunk, C, n] and [chunk, B, C] under the budget."""
-    limit = max(1, DRAW_CHUNK_ELEMENTS // (num_classes * max(width, batch)))
-    return max(d for d in range(1, min(num_samples, limit) + 1) if num_samples % d == 0)
-
-
 def gradient_moments(
     posterior: KroneckerPosterior,
     basis: KroneckerBasis,
@@ -221,49 +215,23 @@ def gradient_moments(
     labels: tf.Tensor,
     num_samples: int,
     seed: tf.Tensor,
+    draws_per_rotation: int = 1,
 ) -> GradientMoments:
     """Monte Carlo moments of g = Σ_c (softmax(W h̃)_c − y_c)·w_c,1:D under the Kronecker posterior: [B, 1, D].
 
-    The paper's estimator, w_s = mean + R⁻¹(ε_s/√λ) without forming w_s: logits are mean·h̃ + Q_A[(ε_s/√λ)Q_Gᵀh̃],
-    gradients mean_1:Dᵀr + Q_G,1:D(ε_s/√λ)ᵀQ_Aᵀr. Draws run in chunks (a loop XLA compiles once), so memory is
-    O(chunk·(C·n + B·C + B·D)) and no S×B×D tensor exists. `seed` [2] is a stateless seed.
+    The paper's estimator (`draws_per_rotation` 1; more reuses each rotated noise matrix with sign flips,
+    `kronecker_draws`), w_s = mean + R⁻¹(ε_s/√λ) formed in the feature eigenbasis, W̃_s = mean·Q_G + Q_A(ε_s/√λ):
+    logits u W̃_sᵀ (u = Q_Gᵀh̃), gradients Q_G,1:D W̃_sᵀ r_s. Draws run in chunks (a loop XLA compiles once), so
+    memory is O(chunk·(C·n + B·C + B·n)) and no S×B×D tensor exists. `seed` [2] is a stateless seed.
     """
-    num_classes, width = posterior.mean.shape
-    if num_classes is None or width is None:
-        raise ValueError("kronecker.gradient_moments needs a head of static shape [C, D+1].")
-    dtype = features.dtype
-    batch_hint = features.shape[0] or 256
-    chunk = draw_chunk(num_samples, num_classes, width, batch_hint)
-    extended = with_bias_feature(features)
-    projected = tf.matmul(extended, basis.features)  # Q_Gᵀh̃ [B, n]
-    mean_logits = tf.matmul(extended, posterior.mean, transpose_b=True)  # [B, C]
-    scale = tf.math.rsqrt(posterior.precision)
-    head = posterior.mean[:, :-1]  # [C, D]
-    feature_rows = basis.features[:-1, :]  # Q_G without the bias row [D, n]
-    seed = tf.cast(seed, tf.int32)
-
-    def body(index: tf.Tensor, first: tf.Tensor, second: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        noise = (
-            tf.random.stateless_normal(
-                [chunk, num_classes, width], seed=seed + tf.stack([0, index]), dtype=dtype, alg="philox"
-            )
-            * scale
-        )  # ε/√λ [chunk, C, n]
-        rotated_logits = tf.einsum("scn,bn->sbc", noise, projected)
-        logits = mean_logits[None] + tf.einsum("sbk,ck->sbc", rotated_logits, basis.classes)
-        residuals = tf.nn.softmax(logits, axis=-1) - labels[None]  # [chunk, B, C]
-        rotated_residuals = tf.einsum("sbc,ck->sbk", residuals, basis.classes)
-        spread = tf.einsum("sbk,skn->sbn", rotated_residuals, noise)
-        gradients = tf.einsum("sbc,cd->sbd", residuals, head) + tf.einsum("sbn,dn->sbd", spread, feature_rows)
-        return index + 1, first + tf.reduce_sum(gradients, 0), second + tf.reduce_sum(tf.square(gradients), 0)
-
-    zeros = tf.zeros([tf.shape(features)[0], tf.shape(features)[1]], dtype)
-    _, first, second = tf.while_loop(
-        lambda index, *_: index < num_samples // chunk,
-        body,
-        (tf.constant(0), zeros, zeros),
-        maximum_iterations=num_samples // chunk,
+    return kronecker_draws.draw_moments(
+        tf.matmul(posterior.mean, basis.features),
+        tf.math.rsqrt(posterior.precision),
+        basis.classes,
+        basis.features,
+        features,
+        labels,
+        num_samples,
+        seed,
+        draws_per_rotation,
     )
-    mean = first / num_samples
-    variance = tf.maximum(second / num_samples - tf.square(mean), 0.0)
-    return GradientMoments(mean[:, None, :], variance[:, None, :])

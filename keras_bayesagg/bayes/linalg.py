@@ -86,26 +86,40 @@ def _xla_builtin_cholesky(matrix: tf.Tensor) -> tf.Tensor:
     return tf.linalg.cholesky(matrix)
 
 
-_traced_factor_specs: set[tuple[tuple[int, ...], str]] = set()
+_traced_factor_specs: set[tuple[tuple[int, ...], str]] = set()  # noted by traced steps, not compiled yet
+_compiled_factor_specs: set[tuple[tuple[int, ...], str]] = set()  # compiled for graphs, reusable eagerly
+
+
+@tf.function(autograph=False)
+def _graph_blocked_cholesky(matrix: tf.Tensor) -> tf.Tensor:
+    """The blocked factorization called from a graph, as a traced step calls it. XLA's compilation cache is
+    shared between graphs that call `_xla_cholesky` (the same nested function), but not with eager calls of
+    it: compiling or reusing it for a step must go through a graph."""
+    return _xla_cholesky(matrix)
 
 
 def _first_factor(matrix: tf.Tensor) -> tf.Tensor:
-    """Eagerly (the once-per-epoch refreshes) the one-op factorization: the blocked one is faster per step but
-    compiles for seconds per shape. In a traced step the blocked one, its shape noted for `compile_traced_factors`."""
+    """In a traced step the blocked factorization (its shape noted for `compile_traced_factors`). Eagerly (the
+    once-per-epoch refreshes) the blocked one where a step has compiled that shape already, else the one-op
+    factorization: the blocked one is faster but compiles for seconds per shape, the one-op one in a fraction."""
+    spec = (tuple(matrix.shape.as_list()), matrix.dtype.name) if matrix.shape.is_fully_defined() else None
     if tf.executing_eagerly():
-        return _xla_builtin_cholesky(matrix)
-    if matrix.shape.is_fully_defined():
-        _traced_factor_specs.add((tuple(matrix.shape.as_list()), matrix.dtype.name))
+        return _graph_blocked_cholesky(matrix) if spec in _compiled_factor_specs else _xla_builtin_cholesky(matrix)
+    if spec is not None and spec not in _compiled_factor_specs:
+        _traced_factor_specs.add(spec)
     return _xla_cholesky(matrix)
 
 
 def compile_traced_factors() -> None:
     """Compile now the blocked factorizations traced steps call. A step outside XLA compiles each one when it
     first runs, so a branch first taken later (BayesAgg's after its warm-up) stalled there for seconds; called
-    after the first step, this moves that one-time cost to where the step's own tracing is paid."""
+    after the first step, this moves that one-time cost to where the step's own tracing is paid. The refreshes
+    then reuse the same compiled factorizations (no compilation at the first refresh)."""
     while _traced_factor_specs:
-        shape, dtype = _traced_factor_specs.pop()
-        _xla_cholesky(tf.eye(shape[-1], batch_shape=shape[:-2], dtype=dtype))
+        spec = _traced_factor_specs.pop()
+        shape, dtype = spec
+        _graph_blocked_cholesky(tf.eye(shape[-1], batch_shape=shape[:-2], dtype=dtype))
+        _compiled_factor_specs.add(spec)
 
 
 def _is_finite_factor(factor: tf.Tensor) -> tf.Tensor:

@@ -12,11 +12,14 @@ matrix products with a stored covariance Σ, so no B×D×D tensor and no factori
 - Multiclass heads: logits f ~ N(μ, V) with V_cc' = h̃ᵀΣ_cc'h̃; E[softmax(f)] by the pairwise mean-field
   approximation p_c ≈ 1 / Σ_k exp(−(μ_c − μ_k)/√(1 + π/8·Var(f_c − f_k))), renormalized. It depends on
   differences of logits only (as the softmax does) and equals the binary probit rule for two classes.
+  A head too large for its dense Σ (C·n square) serves a Kronecker-factored Σ = (Q_C ⊗ Q_D) diag(v) (Q_C ⊗ Q_D)ᵀ
+  (`FactoredCovariance`): V is then Q_C diag(d) Q_Cᵀ per input, exact for that Σ and never densified.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -102,3 +105,47 @@ def mean_field_softmax(mean_logits: tf.Tensor, covariance: tf.Tensor) -> tf.Tens
     scaled = differences * tf.math.rsqrt(1.0 + PROBIT_SCALE * tf.maximum(spread, 0.0))
     log_probabilities = -tf.reduce_logsumexp(-scaled, axis=-1)
     return tf.nn.softmax(log_probabilities, axis=-1)  # exp and renormalize in one stable step
+
+
+class FactoredCovariance(NamedTuple):
+    """Σ = Q diag(vec v) Qᵀ, Q = Q_C ⊗ Q_D, of a head's weights flattened row-major (class, feature):
+    `classes` Q_C [C, C] and `features` Q_D [n, n] orthogonal, `eigenvalues` v [C, n] ≥ 0 (the eigenvalue-
+    corrected Kronecker form of `bayes.kronecker`, whose precision λ gives v = 1/λ; dense: `kronecker.dense_precision`
+    of the same basis and v)."""
+
+    classes: tf.Tensor
+    features: tf.Tensor
+    eigenvalues: tf.Tensor
+
+
+def factored_logit_covariance(features: tf.Tensor, covariance: FactoredCovariance) -> tf.Tensor:
+    """V_i = Q_C diag(d_i) Q_Cᵀ [B, C, C] of the logits f = Wh̃_i, d_ik = Σ_l v_kl (Q_Dᵀh̃_i)_l², from h̃ [B, n].
+
+    Exact for the factored Σ: Cov(f) = (I ⊗ h̃ᵀ)(Q_C ⊗ Q_D) diag(v) (Q_C ⊗ Q_D)ᵀ(I ⊗ h̃) and (I ⊗ h̃ᵀ)(Q_C ⊗ Q_D)
+    = Q_C ⊗ (Q_Dᵀh̃)ᵀ. Cost O(B·(n² + C·n + C³)), memory O(B·C²); the C·n-square Σ is never formed.
+    """
+    energy = tf.square(tf.matmul(features, covariance.features))  # (Q_Dᵀh̃)² [B, n]
+    variances = tf.matmul(energy, covariance.eigenvalues, transpose_b=True)  # d [B, C]
+    return tf.matmul(covariance.classes[None] * variances[:, None, :], covariance.classes, transpose_b=True)
+
+
+def factored_from_dense(covariance: tf.Tensor, classes: int) -> FactoredCovariance:
+    """The factored form of a dense head covariance Σ [C·n, C·n] (row-major (class, feature)).
+
+    Basis: eigenvectors of the partial traces Σ_i Σ_(c,i),(d,i) [C, C] and Σ_c Σ_(c,i),(c,j) [n, n]; eigenvalues:
+    the diagonal of QᵀΣQ, the variances of the weights along each basis direction (moment matching: the
+    Gaussian with covariance diagonal in Q closest to N(·, Σ) in KL(N(·, Σ) ‖ ·), and the Frobenius-closest
+    such covariance). Exact when Σ already has the factored form (with distinct partial-trace eigenvalues):
+    then its partial traces are Q_C diag(Σ_l v_kl) Q_Cᵀ and Q_D diag(Σ_k v_kl) Q_Dᵀ.
+    Cost O(C³n² + C·n³), memory O((C·n)²).
+    """
+    width = covariance.shape[-1] // classes
+    blocks = tf.reshape(covariance, [classes, width, classes, width])
+    class_trace = tf.einsum("cidi->cd", blocks)
+    feature_trace = tf.einsum("cicj->ij", blocks)
+    _, class_basis = tf.linalg.eigh(0.5 * (class_trace + tf.transpose(class_trace)))
+    _, feature_basis = tf.linalg.eigh(0.5 * (feature_trace + tf.transpose(feature_trace)))
+    rotated = tf.einsum("ck,cidj->kidj", class_basis, blocks)  # [C, n, C, n]
+    diagonal_classes = tf.einsum("kidj,dk->kij", rotated, class_basis)  # (k, k) blocks only [C, n, n]
+    eigenvalues = tf.reduce_sum(feature_basis[None] * tf.matmul(diagonal_classes, feature_basis), axis=1)
+    return FactoredCovariance(class_basis, feature_basis, tf.maximum(eigenvalues, 0.0))

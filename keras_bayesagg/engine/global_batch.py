@@ -14,6 +14,10 @@ into the global batch's, the same on every replica:
 The aggregator then runs on identical inputs on every replica (same seeds, same state), so its
 decision and its state writes are identical everywhere. `local_part` hands each replica the rows of
 a representation gradient that are its own. On one replica both are the identity.
+
+An aggregator with `computes_own_rows` (BayesAgg) also gets `inputs.rows`, this replica's place in the
+global batch: it computes its per-row work (gradient moments, the per-row aggregation) for these rows
+only and returns their gradient, which `local_part` then only rescales.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Callable, Mapping
 import tensorflow as tf
 
 from keras_bayesagg.aggregators import base
+from keras_bayesagg.aggregators.base import ReplicaRows
 
 TaskGradients = Callable[[tf.Tensor, Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]
 
@@ -58,15 +63,6 @@ def isolate_collective_keys(strategy: tf.distribute.Strategy) -> None:
                     counters[device] = counter + base
 
 
-@dataclasses.dataclass(frozen=True)
-class ReplicaRows:
-    """Where this replica's rows sit in the global batch."""
-
-    offset: tf.Tensor  # int32 scalar: rows of the replicas before this one
-    size: tf.Tensor  # int32 scalar: this replica's rows
-    replicas: int
-
-
 @tf.autograph.experimental.do_not_convert
 def multi_replica_context() -> tf.distribute.ReplicaContext | None:
     """The replica context of a step with more than one replica in sync, else None."""
@@ -78,13 +74,14 @@ def multi_replica_context() -> tf.distribute.ReplicaContext | None:
 
 @tf.autograph.experimental.do_not_convert
 def gather(
-    inputs: base.AggregatorInputs, task_gradients_of: TaskGradients | None = None
+    inputs: base.AggregatorInputs, task_gradients_of: TaskGradients | None = None, hand_rows: bool = False
 ) -> tuple[base.AggregatorInputs, ReplicaRows | None]:
     """The global batch's aggregator inputs (identical on every replica), and this replica's rows.
 
     `task_gradients_of(representation, labels, present)` rebuilds the per-sample task gradients
     [B, K, D] from the gathered rows (for linear heads that is cheap), so only h and the labels cross
     devices: B·(D + label columns) values per step instead of B·(D + label columns + K·D).
+    `hand_rows` (the aggregator's `computes_own_rows`): the inputs also carry this replica's rows (`rows`).
     """
     context = multi_replica_context()
     if context is None:
@@ -123,6 +120,7 @@ def gather(
         labels={name: all_rows(labels) for name, labels in inputs.labels.items()},
         parameter_gradients=parameter_gradients,
         present=all_rows(present),
+        rows=rows if hand_rows else None,
     )
     if inputs.task_gradients is not None:
         task_gradients = (
@@ -137,15 +135,20 @@ def gather(
 
 
 @tf.autograph.experimental.do_not_convert
-def local_part(aggregation: base.Aggregation, rows: ReplicaRows | None) -> base.Aggregation:
+def local_part(
+    aggregation: base.Aggregation, rows: ReplicaRows | None, computed_for_own_rows: bool = False
+) -> base.Aggregation:
     """The aggregation as this replica applies it: its own rows of a representation gradient.
 
     The engine scales every replica's gradients by 1/R before the optimizer sums them; the rows of
     the replicas partition the global batch, so their share is multiplied back by R.
+    `computed_for_own_rows` (the aggregator's `computes_own_rows`): the gradient already holds only them.
     """
     if rows is None or not isinstance(aggregation, base.RepresentationAggregation):
         return aggregation
-    own = tf.slice(aggregation.representation_gradient, [rows.offset, 0], [rows.size, -1])
+    own = aggregation.representation_gradient
+    if not computed_for_own_rows:
+        own = tf.slice(own, [rows.offset, 0], [rows.size, -1])
     return dataclasses.replace(aggregation, representation_gradient=own * rows.replicas)
 
 

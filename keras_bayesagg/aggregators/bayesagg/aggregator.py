@@ -61,6 +61,9 @@ class BayesAgg(PredictiveServing, Aggregator):
         multiclass_posterior: "full" (default, the paper): the GGN posterior of a C-class head, C(D+1)
             square; "kronecker": a Kronecker-factored one (memory O(C² + D²), docs/method.md) for heads of
             more than two classes, Monte Carlo moments in either case.
+        kronecker_draws_per_rotation: K for the Kronecker posterior: 1 (default, the paper's independent draws) or
+            an even K dividing S: each class rotation of the noise serves K draws by sign flips in antithetic pairs
+            (exact draws, unbiased and cheaper; far less noise in E[g], more in Var[g]: docs/method.md).
 
     Missing labels and sample weights: each sample's weights α are normalized over its present task
     units, unit k's share of sample i is w_ik·α_ik (w: the sample weight, 0 for a missing label), and the
@@ -71,6 +74,7 @@ class BayesAgg(PredictiveServing, Aggregator):
 
     needs_task_gradients = True
     needs_epoch_hooks = True  # the full-data refresh runs at each epoch end
+    computes_own_rows = True  # several replicas: each computes the moments of its own rows (docs/distributed.md)
     compile_bayesian_part = False  # True: one XLA cluster in graph-mode steps too (docs/benchmarks.md, issue 19)
 
     def __init__(
@@ -86,6 +90,7 @@ class BayesAgg(PredictiveServing, Aggregator):
         feature_buffer_rows: int = 8192,
         memory_limit_gb: float | None = 4.0,
         multiclass_posterior: str = "full",
+        kronecker_draws_per_rotation: int = 1,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -102,6 +107,7 @@ class BayesAgg(PredictiveServing, Aggregator):
             feature_buffer_rows=feature_buffer_rows,
             memory_limit_gb=memory_limit_gb,
             multiclass_posterior=multiclass_posterior,
+            kronecker_draws_per_rotation=kronecker_draws_per_rotation,
         )
         for option, value in self.options.as_config().items():  # read as attributes everywhere (self.num_samples)
             setattr(self, option, value)
@@ -124,9 +130,10 @@ class BayesAgg(PredictiveServing, Aggregator):
             dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
         )
         self.regression = RegressionPart(self, regression, **common) if regression else None
-        self.groups = classification_groups(
-            self, layout, exact=self.moments == "exact", multiclass_posterior=self.multiclass_posterior, **common
+        draws = dict(
+            multiclass_posterior=self.multiclass_posterior, draws_per_rotation=self.kronecker_draws_per_rotation
         )
+        self.groups = classification_groups(self, layout, exact=self.moments == "exact", **draws, **common)
         self.regression_columns = layout.unit_columns(regression)
         self.staging = None
         if self.groups:
@@ -147,7 +154,7 @@ class BayesAgg(PredictiveServing, Aggregator):
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:
         if inputs.representation.shape[0] is not None:  # a static batch (traced once): its memory estimate
             self.check_batch_size(int(inputs.representation.shape[0]))
-        features = tf.cast(inputs.representation, self.linalg_dtype)
+        features = tf.cast(inputs.representation, self.linalg_dtype)  # all rows: posteriors and collected statistics
         present = inputs.presence()
         targets = self.regression.targets(inputs.labels) if self.regression else None
         regression_present = tf.gather(present, tf.constant(self.regression_columns, tf.int32), axis=1)
@@ -157,41 +164,46 @@ class BayesAgg(PredictiveServing, Aggregator):
         # Seeds are drawn every applied step (also in warm-up), so a run depends on its seed alone.
         seeds, advance_seeds = peek_seeds(self.seed_generator, len(self.groups))
         names = list(self.layout.tasks)
+        own = inputs.own_rows  # several replicas: moments and aggregation of this replica's rows only
+        samples = labelled_samples(present)  # of the global batch
+        samples = tf.where(samples > 0.0, samples, tf.ones_like(samples))
+        warming_up = self.completed_epochs < self.warmup_epochs
 
         def warmup() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            return sum_of_losses_gradient(inputs), tf.ones_like(inputs.losses), tf.zeros([len(names)], tf.bool)
+            return own(sum_of_losses_gradient(inputs)), tf.zeros_like(inputs.losses), tf.zeros([len(names)], tf.bool)
 
         def bayesian() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             moments, task_ok = {}, {}
             if self.regression:
-                regression_moments, ok = self.regression.moments(features, targets, regression_present)
+                regression_moments, ok = self.regression.moments(features, targets, regression_present, own)
                 moments.update(regression_moments)
                 task_ok.update({name: ok for name in regression_moments})
             parts = zip(self.groups, group_labels, group_present, group_weights, seeds)
             for group, labels, mask, weights, seed in parts:
-                group_moments, group_ok = group.moments(features, labels, mask, weights, self.num_samples, seed)
+                group_moments, group_ok = group.moments(features, labels, mask, weights, self.num_samples, seed, own)
                 moments.update(group_moments)
                 task_ok.update(group_ok)
             means = tf.cast(tf.concat([moments[name].mean for name in names], axis=1), tf.float32)
+            own_present = own(present)
             combined = inverse_variance_aggregate(
                 means,
                 tf.cast(tf.concat([moments[name].variance for name in names], axis=1), tf.float32),
                 tf.constant(self.unit_powers, tf.float32),
-                present,
+                own_present,
             )
-            failed = tf.stack([~task_ok[name] for name in names])
+            failed = tf.stack([~task_ok[name] for name in names])  # of the posteriors: the same on every replica
             # Sample i's share of unit k is w_ik·α_ik (a row of weight 2 counts twice), over Σ_i max_k w_ik samples.
-            shares = combined.weights * present[:, :, None]
+            shares = combined.weights * own_present[:, :, None]
             gradient = tf.reduce_sum(shares * means, axis=1)
-            # K·mean α over labelled samples: equal weights are ones, on the scale of the warm-up (linear scalarization).
-            samples = labelled_samples(present)
-            samples = tf.where(samples > 0.0, samples, tf.ones_like(samples))
-            weights = self.layout.num_units * tf.reduce_sum(tf.reduce_mean(shares, axis=2), axis=0) / samples
-            return gradient / samples, weights, failed
+            return gradient / samples, tf.reduce_sum(tf.reduce_mean(shares, axis=2), axis=0), failed
 
         if self.compile_bayesian_part and not tf.executing_eagerly():  # eager steps would compile every call
             bayesian = tf.function(bayesian, jit_compile=True, autograph=False)
-        gradient, weights, failed = tf.cond(self.completed_epochs < self.warmup_epochs, warmup, bayesian)
+        gradient, share_sums, failed = tf.cond(warming_up, warmup, bayesian)
+        # K·mean α over labelled samples: equal weights are ones, on the scale of the warm-up (linear scalarization).
+        # The sums over rows are summed over replicas (outside the cond: a collective), so all log the same.
+        bayesian_weights = self.layout.num_units * inputs.sum_over_replicas(share_sums) / samples
+        weights = tf.where(warming_up, tf.ones_like(inputs.losses), bayesian_weights)
         staged = [tf.concat([labels, mask], axis=1) for labels, mask in zip(group_labels, group_present)]
         collect = self._collect(features, targets, regression_present, inputs.representation, staged)
 

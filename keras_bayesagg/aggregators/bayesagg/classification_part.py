@@ -10,7 +10,7 @@ carry the group's presence columns after its label columns.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -118,9 +118,12 @@ class ClassificationGroup:
         weights: tf.Tensor,
         num_samples: int,
         seed: tf.Tensor,
+        own_rows: Callable[[tf.Tensor], tf.Tensor] | None = None,
     ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
         """Per task: gradient moments [B, units or 1, D] under the batch posterior of the present rows, and
-        whether it factored (rows of missing labels get placeholder moments: their weight is 0)."""
+        whether it factored (rows of missing labels get placeholder moments: their weight is 0).
+        `own_rows` (several replicas): the posterior is of all B rows, the moments of the rows it selects only
+        (head draws are shared by all rows, so a row's moments do not depend on which replica computes them)."""
         labels = tf.cast(labels, self.dtype)
         posterior = classification.newton_posterior(
             self.curvature(features, labels, weights, present),
@@ -128,6 +131,8 @@ class ClassificationGroup:
             tf.convert_to_tensor(self.prior_precision),
             tf.convert_to_tensor(self.prior_mean),
         )
+        if own_rows is not None:
+            features, labels = own_rows(features), own_rows(labels)
         if self.multiclass:
             (name,) = self.task_units
             if self.exact:
@@ -189,10 +194,16 @@ class ClassificationGroup:
 
 
 def classification_groups(
-    owner: keras.layers.Layer, layout: TaskLayout, exact: bool, multiclass_posterior: str = "full", **common: Any
+    owner: keras.layers.Layer,
+    layout: TaskLayout,
+    exact: bool,
+    multiclass_posterior: str = "full",
+    draws_per_rotation: int = 1,
+    **common: Any,
 ) -> list[ClassificationGroup | KroneckerGroup]:
     """The groups of a layout, in layout order: all binary outputs together, then each multiclass head
-    (a `KroneckerGroup` for heads of more than two classes when `multiclass_posterior` is "kronecker")."""
+    (a `KroneckerGroup` for heads of more than two classes when `multiclass_posterior` is "kronecker", drawing
+    `draws_per_rotation` head weights per class rotation of its noise)."""
     groups = []
     binary = {name: layout.tasks[name].units for name in layout.names_of(Binary)}
     if binary:
@@ -204,7 +215,9 @@ def classification_groups(
         units = {name: layout.tasks[name].units}
         columns = layout.unit_columns([name])
         if multiclass_posterior == "kronecker" and layout.tasks[name].units > 2:
-            groups.append(KroneckerGroup(owner, name, units, columns=columns, **common))
+            groups.append(
+                KroneckerGroup(owner, name, units, columns=columns, draws_per_rotation=draws_per_rotation, **common)
+            )
             continue
         groups.append(ClassificationGroup(owner, name, units, multiclass=True, exact=exact, columns=columns, **common))
     return groups

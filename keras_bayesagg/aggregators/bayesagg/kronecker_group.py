@@ -3,20 +3,20 @@
 The same interface as `ClassificationGroup` (labels, presence, weights, moments, refresh), with state
 O(C² + D² + C·D) instead of C(D+1) square: the eigenbases Q_A [C, C] and Q_G [D+1, D+1] of the full-data
 Kronecker factors, the full-data precision λ_F [C, D+1] in that basis and the full-data mean [C, D+1]
-(math: `keras_bayesagg.bayes.kronecker`, derivation: docs/method.md). Served uncertainty: the head's
-served state (`served_state.py`) gets the dense covariance Q diag(1/λ) Qᵀ at each refresh when it fits the model's
-`uncertainty_state_mb` (`predictive_part.py`).
+(math: `keras_bayesagg.bayes.kronecker`, derivation: docs/method.md). Served uncertainty: at each refresh the
+head's served state (`served_state.py`) gets Q_A, Q_G and 1/λ, kept factored, or as the dense covariance
+Q diag(1/λ) Qᵀ when that fits the model's `uncertainty_state_mb` (`predictive_part.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bayesagg.bayes import kronecker
+from keras_bayesagg.bayes import kronecker, kronecker_draws
 from keras_bayesagg.bayes.regression import GradientMoments
 
 FULL_DATA_CHUNK_ROWS = 4096
@@ -41,8 +41,10 @@ class KroneckerGroup:
         dtype: str,
         initial_prior_variance: float,
         columns: Sequence[int] = (),
+        draws_per_rotation: int = 1,
     ) -> None:
         self.task_units, self.columns, self.prefix = dict(task_units), tuple(columns), prefix
+        self.draws_per_rotation = draws_per_rotation
         self.prior_variance, self.dtype = prior_variance, dtype
         (self.label_columns,) = self.task_units.values()
         self.staged_columns = self.label_columns + len(self.columns)
@@ -89,21 +91,41 @@ class KroneckerGroup:
         weights: tf.Tensor,
         num_samples: int,
         seed: tf.Tensor,
+        own_rows: Callable[[tf.Tensor], tf.Tensor] | None = None,
     ) -> tuple[dict[str, GradientMoments], dict[str, tf.Tensor]]:
-        """Gradient moments [B, 1, D] under the batch posterior of the present rows, and whether it is finite."""
+        """Gradient moments [B, 1, D] under the batch posterior of the present rows, and whether it is finite.
+        `own_rows` (several replicas): the posterior is of all rows, the moments of the rows it selects only (the
+        draws are shared by all rows and chunked for the whole batch, so a row's moments do not depend on it).
+
+        `kronecker.batch_posterior` and `kronecker.gradient_moments`, kept in the feature eigenbasis
+        (`kronecker_draws`: the same posterior and estimator with fewer [C, C] products)."""
         basis = self.basis()
-        posterior = kronecker.batch_posterior(
+        labels = tf.cast(labels, self.dtype)
+        rotated_mean, precision, ok = kronecker_draws.rotated_batch_posterior(
             features,
-            tf.cast(labels, self.dtype),
+            labels,
             weights,
-            basis,
+            basis.classes,
+            basis.features,
             tf.convert_to_tensor(self.prior_precision),
             tf.convert_to_tensor(self.prior_mean),
             tf.cast(present[:, 0], self.dtype),
         )
-        moments = kronecker.gradient_moments(posterior, basis, features, tf.cast(labels, self.dtype), num_samples, seed)
+        own = own_rows or (lambda tensor: tensor)
+        moments = kronecker_draws.draw_moments(
+            rotated_mean,
+            tf.math.rsqrt(precision),
+            basis.classes,
+            basis.features,
+            own(features),
+            own(labels),
+            num_samples,
+            seed,
+            self.draws_per_rotation,
+            batch_hint=features.shape[0],
+        )
         (name,) = self.task_units
-        return {name: moments}, {name: posterior.ok}
+        return {name: moments}, {name: ok}
 
     def _chunks(self, features: np.ndarray, labels: np.ndarray, present: np.ndarray):
         for start in range(0, len(features), FULL_DATA_CHUNK_ROWS):

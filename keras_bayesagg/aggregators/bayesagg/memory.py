@@ -23,7 +23,12 @@ class MemoryItem(NamedTuple):
 
 
 def estimate(
-    layout: TaskLayout, num_samples: int, itemsize: int, batch: int, multiclass_posterior: str = "full"
+    layout: TaskLayout,
+    num_samples: int,
+    itemsize: int,
+    batch: int,
+    multiclass_posterior: str = "full",
+    draws_per_rotation: int = 1,
 ) -> list[MemoryItem]:
     """State plus per-step working memory of each group of tasks, in bytes (dominant terms)."""
     dim, width = layout.representation_dim, layout.representation_dim + 1
@@ -47,7 +52,7 @@ def estimate(
         items.append(MemoryItem("binary tasks", itemsize * (blocks + draws), "fewer num_samples or a smaller D"))
     for name, task in layout.tasks.items():
         if isinstance(task, Multiclass) and multiclass_posterior == "kronecker" and task.num_classes > 2:
-            items.append(_kronecker_item(name, task.num_classes, dim, num_samples, itemsize, batch))
+            items.append(_kronecker_item(name, task.num_classes, dim, num_samples, itemsize, batch, draws_per_rotation))
         elif isinstance(task, Multiclass):
             classes, size = task.num_classes, task.num_classes * width
             pairs = classes * (classes + 1) // 2
@@ -72,13 +77,16 @@ def readable(size: float) -> str:
     return f"{size:.0f} B"
 
 
-def _kronecker_item(name: str, classes: int, dim: int, num_samples: int, itemsize: int, batch: int) -> MemoryItem:
+def _kronecker_item(
+    name: str, classes: int, dim: int, num_samples: int, itemsize: int, batch: int, draws_per_rotation: int = 1
+) -> MemoryItem:
     """Bases and served bases (2C² + 2n²), λ_F, mean, served λ, batch λ and mean (5Cn), and one chunk of draws:
-    noise [chunk, C, n], four [chunk, B, C] and three [chunk, B, max(n, D)] tensors (`kronecker.draw_chunk`)."""
+    noise and drawn heads (2·[chunk, C, n]), four [B, chunk, C] and three [chunk, B, max(n, D)] tensors
+    (`kronecker.draw_chunk`)."""
     width = dim + 1
-    chunk = kronecker.draw_chunk(num_samples, classes, width, batch)
+    chunk = kronecker.draw_chunk(num_samples, classes, width, batch, draws_per_rotation)
     state = 2 * classes * classes + 2 * width * width + 5 * classes * width
-    draws = chunk * (classes * width + 4 * batch * classes + 3 * batch * width)
+    draws = chunk * (2 * classes * width + 4 * batch * classes + 3 * batch * width)
     return MemoryItem(
         f"multiclass task '{name}' ({classes} classes, Kronecker posterior)",
         itemsize * (state + draws),
@@ -93,6 +101,7 @@ def refuse_if_too_large(
     limit_gb: float | None,
     batch_size: int | None = None,
     multiclass_posterior: str = "full",
+    draws_per_rotation: int = 1,
 ) -> None:
     """Raise a MemoryError naming the largest part when the estimate at `batch_size` exceeds `limit_gb` GiB.
 
@@ -102,12 +111,13 @@ def refuse_if_too_large(
     if limit_gb is None:
         return
     batch = 1 if batch_size is None else int(batch_size)
-    items = estimate(layout, num_samples, itemsize, batch, multiclass_posterior)
+    items = estimate(layout, num_samples, itemsize, batch, multiclass_posterior, draws_per_rotation)
     total = sum(item.bytes for item in items)
     if total <= limit_gb * GIB:
         return
-    fixed = sum(item.bytes for item in estimate(layout, num_samples, itemsize, 0))
-    per_sample = sum(item.bytes for item in estimate(layout, num_samples, itemsize, 1)) - fixed
+    posterior = (multiclass_posterior, draws_per_rotation)
+    fixed = sum(item.bytes for item in estimate(layout, num_samples, itemsize, 0, *posterior))
+    per_sample = sum(item.bytes for item in estimate(layout, num_samples, itemsize, 1, *posterior)) - fixed
     largest = max(items, key=lambda item: item.bytes)
     fitting = int((limit_gb * GIB - fixed) // per_sample) if per_sample > 0 else 0
     at = "even at batch size 1" if batch_size is None else f"at batch size {batch}"
@@ -133,4 +143,5 @@ def refuse_for(aggregator: Any, batch_size: int | None) -> None:
         aggregator.memory_limit_gb,
         batch_size,
         getattr(aggregator, "multiclass_posterior", "full"),
+        getattr(aggregator, "kronecker_draws_per_rotation", 1),
     )

@@ -27,6 +27,7 @@ class BayesAggOptions:
     feature_buffer_rows: int = 8192
     memory_limit_gb: float | None = 4.0
     multiclass_posterior: str = "full"
+    kronecker_draws_per_rotation: int = 1
 
     @classmethod
     def validated(cls, **given: Any) -> "BayesAggOptions":
@@ -37,11 +38,25 @@ class BayesAggOptions:
             prior_variance = validation.positive_float(
                 "BayesAgg", "prior_variance", prior_variance, 'a finite number > 0 or "auto"'
             )
+        num_samples = validation.whole_number("BayesAgg", "num_samples", options.num_samples)
+        reuse = validation.whole_number(
+            "BayesAgg", "kronecker_draws_per_rotation", options.kronecker_draws_per_rotation
+        )
+        if reuse != 1 and (reuse % 2 or num_samples % reuse):
+            raise ValueError(
+                "BayesAgg: kronecker_draws_per_rotation must be 1 or an even divisor of num_samples "
+                f"({num_samples}); got {reuse}."
+            )
+        if reuse != 1 and options.multiclass_posterior != "kronecker":
+            raise ValueError(
+                'BayesAgg: kronecker_draws_per_rotation applies to multiclass_posterior="kronecker" only; got '
+                f"kronecker_draws_per_rotation={reuse} with multiclass_posterior={options.multiclass_posterior!r}."
+            )
         return cls(
             prior_variance=prior_variance,
             regression_power=validation.power("BayesAgg", "regression_power", options.regression_power),
             classification_power=validation.power("BayesAgg", "classification_power", options.classification_power),
-            num_samples=validation.whole_number("BayesAgg", "num_samples", options.num_samples),
+            num_samples=num_samples,
             moments=validation.one_of("BayesAgg", "moments", options.moments, MOMENTS),
             warmup_epochs=validation.whole_number("BayesAgg", "warmup_epochs", options.warmup_epochs, minimum=0),
             seed=validation.optional_seed("BayesAgg", "seed", options.seed),
@@ -51,6 +66,7 @@ class BayesAggOptions:
             multiclass_posterior=validation.one_of(
                 "BayesAgg", "multiclass_posterior", options.multiclass_posterior, MULTICLASS_POSTERIORS
             ),
+            kronecker_draws_per_rotation=reuse,
         )
 
     def as_config(self) -> dict[str, Any]:

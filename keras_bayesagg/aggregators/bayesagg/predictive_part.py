@@ -8,6 +8,8 @@ The served state itself belongs to the model's heads (it is what `predict_with_u
   output (the shared Λ_F⁻¹, or output o's own after partly labelled data);
 - classification: the covariance Σ = Λ⁻¹ of the group's full-data precision, split per head (binary outputs
   are blocks of the binary group), so serving is matrix products (XLA-compilable, no factorization per request).
+  A Kronecker group's Σ goes as its factors (`predictive.FactoredCovariance`); the head's state keeps it in its
+  own form (dense product, or factored; a full GGN's Σ into a factored state is projected, `served_state.py`).
 Version 0.2.0 kept that served state among BayesAgg's variables (after Σy² and the row count): `legacy_shapes`
 and `hand_over` load such files into the heads. Formulas: `keras_bayesagg.bayes.predictive`.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bayesagg.aggregators.bayesagg.regression_part import uniform_weights
-from keras_bayesagg.bayes import kronecker, predictive
+from keras_bayesagg.bayes import predictive
 from keras_bayesagg.bayes.linalg import inverse_from_cholesky, safe_cholesky
 
 
@@ -91,10 +93,11 @@ class PredictivePart:
         return any(self.served.get(name) is not None for name in group.task_units)
 
     @staticmethod
-    def _covariance(group: Any) -> tf.Tensor:
-        if getattr(group, "kronecker", False):  # Q diag(1/λ) Qᵀ: the dense form the head serves (when it fits)
+    def _covariance(group: Any) -> Any:
+        if getattr(group, "kronecker", False):  # Q diag(1/λ) Qᵀ, factored: each head's state takes it in its form
+            basis = group.basis()
             inverse = tf.math.reciprocal(tf.convert_to_tensor(group.prior_precision))
-            return kronecker.dense_precision(group.basis(), inverse)[None]
+            return predictive.FactoredCovariance(basis.classes, basis.features, inverse)
         factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
         inverse = inverse_from_cholesky(factor)
         return 0.5 * (inverse + tf.linalg.matrix_transpose(inverse))

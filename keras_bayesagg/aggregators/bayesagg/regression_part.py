@@ -139,10 +139,15 @@ class RegressionPart:
             variable.assign(tf.zeros_like(variable))
 
     def moments(
-        self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor
+        self,
+        features: tf.Tensor,
+        targets: tf.Tensor,
+        present: tf.Tensor,
+        own_rows: Callable[[tf.Tensor], tf.Tensor] | None = None,
     ) -> tuple[dict[str, regression.GradientMoments], tf.Tensor]:
         """Per task: exact gradient moments [B, units, D] under the batch posterior; and whether it factored.
         Rows of missing labels (`present` [B, O] is 0) are not in the posterior of their output.
+        `own_rows` (several replicas): the posterior is of all B rows, the moments of the rows it selects only.
 
         One switch over (shared or per-output posterior) × (rank-B update when B < D, or D×D factorization):
         one level of control flow, as deeper nesting around the Cholesky loops defeats TF's graph optimizer.
@@ -150,19 +155,22 @@ class RegressionPart:
         full_rank = tf.cast(tf.shape(features)[0] >= self.dim, tf.int32)
         present = tf.cast(present, features.dtype)
         row_weights = present[:, :1]
+        own = own_rows or (lambda tensor: tensor)
         if self.outputs == 1:
             moments, ok = tf.cond(
                 full_rank > 0,
-                lambda: self._shared_moments(features, targets, row_weights, True),
-                lambda: self._shared_moments(features, targets, row_weights, False),
+                lambda: self._shared_moments(features, targets, row_weights, True, own),
+                lambda: self._shared_moments(features, targets, row_weights, False, own),
             )
         else:
             per_output = ~uniform_weights(present) | (tf.convert_to_tensor(self.output_priors) > 0.0)
             branches = [
-                lambda rank=rank: self._shared_moments(features, targets, row_weights, rank) for rank in (False, True)
+                lambda rank=rank: self._shared_moments(features, targets, row_weights, rank, own)
+                for rank in (False, True)
             ]
             branches += [
-                lambda rank=rank: self._per_output_moments(features, targets, present, rank) for rank in (False, True)
+                lambda rank=rank: self._per_output_moments(features, targets, present, rank, own)
+                for rank in (False, True)
             ]
             moments, ok = tf.switch_case(full_rank + 2 * tf.cast(per_output, tf.int32), branches)
         split: dict[str, regression.GradientMoments] = {}
@@ -175,23 +183,23 @@ class RegressionPart:
         return split, ok
 
     def _shared_moments(
-        self, features: tf.Tensor, targets: tf.Tensor, row_weights: tf.Tensor, full_rank: bool
+        self, features: tf.Tensor, targets: tf.Tensor, row_weights: tf.Tensor, full_rank: bool, own: Callable
     ) -> tuple[regression.GradientMoments, tf.Tensor]:
         """The shared posterior of rows weighted by `row_weights` [B, 1] (the same for every output)."""
         prior = (self.prior_precision, self.prior_covariance, self.prior_mean)
         scale = tf.sqrt(row_weights)
         prior = tuple(tf.convert_to_tensor(v) for v in prior)
-        marginals = self._marginals(features, targets, scale, *prior, full_rank)
-        return regression.gradient_moments(marginals, features, targets), marginals.ok
+        marginals = self._marginals(features, targets, scale, *prior, full_rank, own)
+        return regression.gradient_moments(marginals, own(features), own(targets)), marginals.ok
 
     def _per_output_moments(
-        self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor, full_rank: bool
+        self, features: tf.Tensor, targets: tf.Tensor, present: tf.Tensor, full_rank: bool, own: Callable
     ) -> tuple[regression.GradientMoments, tf.Tensor]:
         """One batch posterior per output over its present rows (O factorizations)."""
-        own = tf.convert_to_tensor(self.output_priors) > 0.0
+        per_output = tf.convert_to_tensor(self.output_priors) > 0.0
         shared = [tf.convert_to_tensor(v)[None] for v in (self.prior_precision, self.prior_covariance)]
-        precision = tf.where(own, tf.convert_to_tensor(self.output_prior_precision), shared[0])
-        covariance = tf.where(own, tf.convert_to_tensor(self.output_prior_covariance), shared[1])
+        precision = tf.where(per_output, tf.convert_to_tensor(self.output_prior_precision), shared[0])
+        covariance = tf.where(per_output, tf.convert_to_tensor(self.output_prior_covariance), shared[1])
         prior_mean = tf.convert_to_tensor(self.prior_mean)
         means, variances, oks = [], [], []
         for output in range(self.outputs):
@@ -205,8 +213,9 @@ class RegressionPart:
                 covariance[output],
                 prior_mean[output : output + 1],
                 full_rank,
+                own,
             )
-            moments = regression.gradient_moments(marginals, features, target)
+            moments = regression.gradient_moments(marginals, own(features), own(target))
             means.append(moments.mean)
             variances.append(moments.variance)
             oks.append(marginals.ok)
@@ -221,21 +230,23 @@ class RegressionPart:
         prior_covariance: tf.Tensor,
         prior_mean: tf.Tensor,
         full_rank: bool,
+        own: Callable[[tf.Tensor], tf.Tensor],
     ) -> regression.PosteriorMarginals:
         """The batch posterior of rows √w h with targets √w y (`scale` √w [B, 1]: a row of weight w counts w
         times, Σ w h hᵀ and Σ w h y), by a D×D factorization (`full_rank`, for B >= D) or a rank-B update of
-        the full-data prior; its marginals at the unscaled `features` (rows of weight 0 get finite placeholders)."""
+        the full-data prior; its marginals at the unscaled `features` of the rows `own` selects (rows of weight
+        0 get finite placeholders). The rank-B update yields every row's marginals on the way: they are sliced."""
         rows, scaled_targets = features * scale, targets * scale
         if not full_rank:
             marginals = regression.low_rank_marginals(prior_covariance, prior_mean, rows, scaled_targets)
             # S(√w h) / √w = S h and (√w h)ᵀS(√w h) / w = hᵀ S h.
             return marginals._replace(
-                covariance_features=tf.math.divide_no_nan(marginals.covariance_features, scale),
-                feature_variance=tf.math.divide_no_nan(marginals.feature_variance, tf.square(scale[:, 0])),
+                covariance_features=own(tf.math.divide_no_nan(marginals.covariance_features, scale)),
+                feature_variance=own(tf.math.divide_no_nan(marginals.feature_variance, tf.square(scale[:, 0]))),
             )
         shift = tf.matmul(prior_precision, prior_mean, transpose_b=True)
         posterior = regression.batch_posterior(prior_precision, shift, rows, scaled_targets)
-        return regression.marginals_from_posterior(posterior, features)
+        return regression.marginals_from_posterior(posterior, own(features))
 
     def refresh(self) -> None:
         """Make this epoch's statistics the prior of the next epoch (per output after partly labelled batches)."""
