@@ -19,7 +19,7 @@ from keras_bayesagg.aggregators.base import (
     peek_seeds,
     sum_of_losses_gradient,
 )
-from keras_bayesagg.aggregators.bayesagg import evidence_log, memory
+from keras_bayesagg.aggregators.bayesagg import epoch_statistics, evidence_log, memory
 from keras_bayesagg.aggregators.bayesagg.classification_part import (
     ClassificationGroup,
     classification_groups,
@@ -205,7 +205,9 @@ class BayesAgg(PredictiveServing, Aggregator):
         bayesian_weights = self.layout.num_units * inputs.sum_over_replicas(share_sums) / samples
         weights = tf.where(warming_up, tf.ones_like(inputs.losses), bayesian_weights)
         staged = [tf.concat([labels, mask], axis=1) for labels, mask in zip(group_labels, group_present)]
-        collect = self._collect(features, targets, regression_present, inputs.representation, staged)
+        collect = epoch_statistics.step_writes(
+            self, features, targets, regression_present, inputs.representation, staged
+        )
 
         def commit() -> None:
             advance_seeds()
@@ -219,24 +221,6 @@ class BayesAgg(PredictiveServing, Aggregator):
             commit=commit,
             faults=posterior_faults(self.layout, failed),
         )
-
-    def _collect(
-        self, features: tf.Tensor, targets: Any, present: tf.Tensor, representation: tf.Tensor, staged: list
-    ) -> Any:
-        """The write of this step's full-data statistics (only from the last warm-up epoch on: earlier
-        epochs' data never becomes a prior). `staged`: per group, its labels and presence columns."""
-        writes = [self.regression.collect(features, targets, present)] if self.regression else []
-        writes += self.predictive.collect(targets, present)
-        if self.staging:
-            writes.append(self.staging.write(representation, tf.concat(staged, axis=1)))
-        needed = self.completed_epochs + 1 >= self.warmup_epochs
-
-        def run() -> tf.Tensor:
-            for write in writes:
-                write()
-            return tf.constant(0)
-
-        return lambda: tf.cond(needed, run, lambda: tf.constant(0))
 
     # ------------------------------------------------------------------ per batch / per epoch
     def begin_epoch(self) -> None:
@@ -267,19 +251,8 @@ class BayesAgg(PredictiveServing, Aggregator):
             return
         if not self.built or int(self.epoch_steps.numpy()) == 0:
             return
-        prior_needed = int(self.completed_epochs.numpy()) + 1 >= self.warmup_epochs
-        if self.staging:
-            features, labels = self.staging.epoch_rows()
-        if prior_needed and self.regression:
-            self.regression.refresh()
-        if prior_needed and self.groups and len(features):
-            column = 0
-            for group in self.groups:
-                weights = group.weights(head_weights)
-                group.refresh(features, labels[:, column : column + group.staged_columns], weights)
-                column += group.staged_columns
-        if prior_needed:
-            self.predictive.refresh()
+        if int(self.completed_epochs.numpy()) + 1 >= self.warmup_epochs:  # earlier epochs' priors go unused
+            epoch_statistics.refresh(self, head_weights)
         self.begin_epoch()  # the statistics are spent: an epoch's sums never outlive it
         self.completed_epochs.assign_add(1)
 
