@@ -56,6 +56,20 @@ MIXED_TASKS: dict[str, Callable[[], Any]] = {
 }
 
 
+def value_and_class_data(
+    num_classes: int, num_samples: int = 192, input_dim: int = 10, seed: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Inputs, a regression label "value" and a `num_classes`-class label "kind", both from one linear teacher."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_samples, input_dim)).astype("float32")
+    z = x @ rng.normal(size=(input_dim, num_classes + 1)).astype("float32")
+    labels = {
+        "value": (z[:, 0] + 0.3 * rng.normal(size=num_samples)).astype("float32"),
+        "kind": np.argmax(z[:, 1:] + rng.normal(size=(num_samples, num_classes)), axis=1).astype("int32"),
+    }
+    return x, labels
+
+
 def make_mixed_model(input_dim: int = 12, hidden: int = 16, seed: int = 0) -> kb.MultiTaskModel:
     keras.utils.set_random_seed(seed)
     trunk = keras.Sequential([keras.Input((input_dim,)), keras.layers.Dense(hidden, activation="elu")])

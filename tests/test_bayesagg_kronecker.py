@@ -10,19 +10,13 @@ import tensorflow as tf
 
 import keras_bayesagg as kb
 from keras_bayesagg.bayes import classification, kronecker, predictive
+from tests.conftest import value_and_class_data
 
 INPUTS, DIM, CLASSES, ROWS = 10, 16, 5, 192
 
 
 def _data(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(ROWS, INPUTS)).astype("float32")
-    z = x @ rng.normal(size=(INPUTS, CLASSES + 1)).astype("float32")
-    labels = {
-        "value": (z[:, 0] + 0.3 * rng.normal(size=ROWS)).astype("float32"),
-        "kind": np.argmax(z[:, 1:] + rng.normal(size=(ROWS, CLASSES)), axis=1).astype("int32"),
-    }
-    return x, labels
+    return value_and_class_data(CLASSES, ROWS, INPUTS, seed)
 
 
 def _model(seed: int = 0) -> kb.MultiTaskModel:
