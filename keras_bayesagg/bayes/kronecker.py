@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_bayesagg.bayes import kronecker_draws
+from keras_bayesagg.bayes import kronecker_draws, predictive
 from keras_bayesagg.bayes.classification import with_bias_feature
 from keras_bayesagg.bayes.evidence import _fixed_point
 from keras_bayesagg.bayes.kronecker_draws import DRAW_CHUNK_ELEMENTS, draw_chunk  # noqa: F401 (re-exported)
@@ -203,9 +203,10 @@ def logit_variances(features: tf.Tensor, basis: KroneckerBasis, precision: tf.Te
 
 
 def logit_covariance(features: tf.Tensor, basis: KroneckerBasis, precision: tf.Tensor) -> tf.Tensor:
-    """V_i = Q_A diag(d_i) Q_Aᵀ [B, C, C], the logit covariance `predictive.mean_field_softmax` takes."""
-    variances = logit_variances(features, basis, precision)
-    return tf.einsum("ck,bk,dk->bcd", basis.classes, variances, basis.classes)
+    """V_i = Q_A diag(d_i) Q_Aᵀ [B, C, C], the logit covariance `predictive.mean_field_softmax` takes (the served
+    form's computation, `predictive.factored_logit_covariance`, with v = 1/λ)."""
+    factored = predictive.FactoredCovariance(basis.classes, basis.features, 1.0 / precision)
+    return predictive.factored_logit_covariance(with_bias_feature(features), factored)
 
 
 def gradient_moments(

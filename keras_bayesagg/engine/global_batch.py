@@ -148,7 +148,7 @@ def local_part(
         return aggregation
     own = aggregation.representation_gradient
     if not computed_for_own_rows:
-        own = tf.slice(own, [rows.offset, 0], [rows.size, -1])
+        own = rows.select(own)
     return dataclasses.replace(aggregation, representation_gradient=own * rows.replicas)
 
 
