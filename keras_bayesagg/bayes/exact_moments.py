@@ -93,15 +93,27 @@ def binary_gradient_moments_exact(
     posterior [O, D+1] blocks, `features` h [B, D], `labels` y [B, O]). Σh̃ is one Cholesky solve
     with B right-hand sides per block, diag(Σ) comes from the factor.
     """
-    extended = with_bias_feature(features)
     # Σh̃ = L⁻ᵀ(L⁻¹h̃) and diag Σ = Σ_k (L⁻¹)_kj², both from one blocked triangular inverse: matrix products
     # instead of two triangular solves with B right-hand sides per block (slow under XLA on CPU).
     inverse_factor = triangular_inverse(posterior.precision_factor)  # [O, n, n]
-    whitened = tf.einsum("okp,bp->obk", inverse_factor, extended)  # (L⁻¹h̃)ᵀ [O, B, n]
-    covariance_features = tf.matmul(whitened, inverse_factor)  # (L⁻ᵀL⁻¹h̃)ᵀ = (Σh̃)ᵀ [O, B, n]
+    return binary_gradient_moments_from_inverse_factor(posterior.mean, inverse_factor, features, labels, num_nodes)
+
+
+def binary_gradient_moments_from_inverse_factor(
+    mean: tf.Tensor,
+    inverse_factor: tf.Tensor,
+    features: tf.Tensor,
+    labels: tf.Tensor,
+    num_nodes: int = DEFAULT_NUM_NODES,
+) -> GradientMoments:
+    """`binary_gradient_moments_exact` for w_o ~ N(mean_o, NᵀN) given N [O, n, n] directly (L⁻¹, or the
+    preconditioned path's factor: `bayes/preconditioned.py`): [B, O, D]."""
+    extended = with_bias_feature(features)
+    whitened = tf.einsum("okp,bp->obk", inverse_factor, extended)  # (Nh̃)ᵀ [O, B, n]
+    covariance_features = tf.matmul(whitened, inverse_factor)  # (NᵀNh̃)ᵀ = (Σh̃)ᵀ [O, B, n]
     covariance_diag = tf.reduce_sum(tf.square(inverse_factor), axis=-2)
     return _moments_from_marginals(
-        posterior.mean, covariance_features, covariance_diag, tf.transpose(labels), extended, num_nodes
+        mean, covariance_features, covariance_diag, tf.transpose(labels), extended, num_nodes
     )
 
 

@@ -145,6 +145,8 @@ class BayesAgg(PredictiveServing, Aggregator):
         self.predictive = PredictivePart(self, self.regression, self.groups, self.linalg_dtype)  # variables last
         if self.regression:
             self.regression.add_output_state()  # after the predictive part's: files without them still load
+        binary_groups = [group for group in self.groups if isinstance(group, ClassificationGroup)]
+        self.whitening_state = [v for group in binary_groups for v in group.add_whitening_state(self)]  # last of all
 
     def check_batch_size(self, batch_size: int) -> None:
         """The memory estimate at the batch size fit will use (the build-time check knew no batch)."""
@@ -284,9 +286,13 @@ class BayesAgg(PredictiveServing, Aggregator):
         """The per-output regression state (partly labelled data), created last."""
         return list(self.regression.output_state) if self.built and self.regression else []
 
+    def variables_after_0_2_0(self) -> list[keras.Variable]:
+        return self.whitening_state if self.built else []
+
     def later_version_variables(self) -> list[keras.Variable]:
-        """The predictive part's variables, then the per-output regression state (partly labelled data)."""
-        return super().later_version_variables() + self.later_output_state()
+        """The predictive part's variables, the per-output regression state (partly labelled data), then the
+        binary groups' whitened priors."""
+        return super().later_version_variables() + self.later_output_state() + self.variables_after_0_2_0()
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.options.as_config()}

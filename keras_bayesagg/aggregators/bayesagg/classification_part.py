@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from keras_bayesagg.aggregators.base import TaskLayout
 from keras_bayesagg.aggregators.bayesagg.kronecker_group import KroneckerGroup
+from keras_bayesagg.aggregators.bayesagg.prior_whitening import PriorWhitening
 from keras_bayesagg.bayes import classification, evidence, exact_moments
 from keras_bayesagg.bayes.regression import GradientMoments
 from keras_bayesagg.tasks import Binary, Multiclass
@@ -87,6 +88,14 @@ class ClassificationGroup:
             self.chosen_prior_variance = state(
                 f"{prefix}_chosen_prior_variance", (self.blocks,), keras.initializers.Constant(initial_prior_variance)
             )
+        self.whitening: PriorWhitening | None = None  # `add_whitening_state`, after the aggregator's older variables
+
+    def add_whitening_state(self, owner: keras.layers.Layer) -> list[keras.Variable]:
+        """The cached whitened prior of a binary set with exact moments (`prior_whitening`); its variables."""
+        if self.multiclass or not self.exact:
+            return []
+        self.whitening = PriorWhitening(owner, self.prefix, self.blocks, self.block_size, self.dtype)
+        return self.whitening.variables
 
     def labels(self, labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """The group's label columns side by side: [B, label_columns]."""
@@ -125,31 +134,38 @@ class ClassificationGroup:
         `own_rows` (several replicas): the posterior is of all B rows, the moments of the rows it selects only
         (head draws are shared by all rows, so a row's moments do not depend on which replica computes them)."""
         labels = tf.cast(labels, self.dtype)
-        posterior = classification.newton_posterior(
-            self.curvature(features, labels, weights, present),
-            weights,
-            tf.convert_to_tensor(self.prior_precision),
-            tf.convert_to_tensor(self.prior_mean),
-        )
-        if own_rows is not None:
-            features, labels = own_rows(features), own_rows(labels)
+        own_rows = own_rows or (lambda rows: rows)
+        prior_precision, prior_mean = tf.convert_to_tensor(self.prior_precision), tf.convert_to_tensor(self.prior_mean)
+
+        def general() -> tuple[GradientMoments, tf.Tensor]:
+            posterior = classification.newton_posterior(
+                self.curvature(features, labels, weights, present), weights, prior_precision, prior_mean
+            )
+            rows, row_labels = own_rows(features), own_rows(labels)
+            if self.multiclass and self.exact:
+                moments = exact_moments.two_class_gradient_moments_exact(posterior, rows, row_labels, QUADRATURE_NODES)
+            elif self.multiclass:
+                moments = classification.multiclass_gradient_moments(posterior, rows, row_labels, num_samples, seed)
+            elif self.exact:
+                moments = exact_moments.binary_gradient_moments_exact(posterior, rows, row_labels, QUADRATURE_NODES)
+            else:
+                moments = classification.binary_gradient_moments(posterior, rows, row_labels, num_samples, seed)
+            return moments, posterior.ok
+
+        if self.whitening is not None:
+            args = (features, labels, present, weights, prior_precision, prior_mean)
+            moments, block_ok = self.whitening.moments(*args, general, own_rows, QUADRATURE_NODES)
+        else:
+            moments, block_ok = general()
         if self.multiclass:
             (name,) = self.task_units
-            if self.exact:
-                moments = exact_moments.two_class_gradient_moments_exact(posterior, features, labels, QUADRATURE_NODES)
-            else:
-                moments = classification.multiclass_gradient_moments(posterior, features, labels, num_samples, seed)
-            return {name: moments}, {name: tf.reduce_all(posterior.ok)}
-        if self.exact:
-            moments = exact_moments.binary_gradient_moments_exact(posterior, features, labels, QUADRATURE_NODES)
-        else:
-            moments = classification.binary_gradient_moments(posterior, features, labels, num_samples, seed)
+            return {name: moments}, {name: tf.reduce_all(block_ok)}
         split, ok, start = {}, {}, 0
         for name, units in self.task_units.items():
             split[name] = GradientMoments(
                 moments.mean[:, start : start + units], moments.variance[:, start : start + units]
             )
-            ok[name] = tf.reduce_all(posterior.ok[start : start + units])
+            ok[name] = tf.reduce_all(block_ok[start : start + units])
             start += units
         return split, ok
 
@@ -178,6 +194,8 @@ class ClassificationGroup:
         self._check(posterior.ok.numpy())
         self.prior_precision.assign(posterior.precision)
         self.prior_mean.assign(posterior.mean)
+        if self.whitening is not None:
+            self.whitening.refresh(posterior)
         if self.chosen_prior_variance is not None:
             self.chosen_prior_variance.assign(prior_variance)
 

@@ -47,7 +47,7 @@ def estimate(
         )
     binary = sum(task.units for task in layout.tasks.values() if isinstance(task, Binary))
     if binary:
-        blocks = binary * width * width * 5  # prior, GGN, precision, factor, served covariance
+        blocks = binary * width * width * 6  # prior, its cached inverse factor, GGN, precision, factor, served
         draws = 3 * binary * (width + batch) * num_samples  # sampled weights and residuals
         items.append(MemoryItem("binary tasks", itemsize * (blocks + draws), "fewer num_samples or a smaller D"))
     for name, task in layout.tasks.items():

@@ -179,6 +179,7 @@ class PredictiveServing:
         # Version 0.2.0 kept the served state here, between Σy²/rows and the per-output regression state.
         stored = [key for key in store.keys() if str(key).isdigit()]
         own = self._trainable_variables + self._non_trainable_variables
+        own = own[: len(own) - len(self.variables_after_0_2_0())]  # last: not in a 0.2.0 file
         legacy = self.predictive.legacy_shapes() if self.built else []
         if not self.built or len(stored) != len(own) + len(legacy):
             super().load_own_variables(store)
@@ -195,4 +196,8 @@ class PredictiveServing:
         self.predictive.hand_over(values)
 
     def later_output_state(self) -> list[keras.Variable]:
+        return []
+
+    def variables_after_0_2_0(self) -> list[keras.Variable]:
+        """Variables created after the per-output regression state, which 0.2.0 files lack."""
         return []
