@@ -16,7 +16,8 @@ DRAWS_PER_ROTATION_EXPECTATION = '1, an even divisor of num_samples ({num_sample
 def auto_draws_per_rotation(num_samples: int, multiclass_posterior: str) -> int:
     """K of `kronecker_draws_per_rotation="auto"`: 2 (one antithetic pair per class rotation) when S is even and the
     posterior is Kronecker, else 1. At a given S, K = 2 gave the least error of the aggregated trunk gradient of the
-    K measured, except where the head's part of it was under 1%, and costs less than K = 1 (docs/benchmarks.md)."""
+    K measured in all but one setting (a task dwarfing the head's gradient) and costs less than K = 1; larger K
+    cost less still for more error (docs/benchmarks.md, "K and the aggregated gradient")."""
     return 2 if multiclass_posterior == "kronecker" and num_samples % 2 == 0 else 1
 
 
