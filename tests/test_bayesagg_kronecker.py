@@ -126,6 +126,77 @@ def test_config_round_trip_and_bad_value():
         kb.BayesAgg(num_samples=64, kronecker_draws_per_rotation=16)  # the full posterior would ignore it
 
 
+@pytest.mark.parametrize(
+    "posterior,samples,expected",
+    [("kronecker", 16, 2), ("kronecker", 64, 2), ("kronecker", 1024, 2), ("kronecker", 15, 1), ("kronecker", 1, 1)]
+    + [("full", 16, 1), ("full", 1024, 1)],
+)
+def test_auto_draws_per_rotation_is_the_default_and_resolves_from_num_samples(posterior, samples, expected):
+    aggregator = kb.BayesAgg(multiclass_posterior=posterior, num_samples=samples)  # "auto" is no error with "full"
+    assert aggregator.kronecker_draws_per_rotation == "auto"
+    assert aggregator.draws_per_rotation == expected
+    explicit = kb.BayesAgg(multiclass_posterior="kronecker", num_samples=64, kronecker_draws_per_rotation=16)
+    assert explicit.draws_per_rotation == 16  # a whole number is kept as given
+
+
+@pytest.mark.parametrize("value", ["Auto", "", "2", "fast", None, 2.5, True])
+def test_other_strings_and_non_numbers_are_a_clear_error(value):
+    expected = 'BayesAgg: kronecker_draws_per_rotation must be 1, an even divisor of num_samples \\(64\\) or "auto"'
+    with pytest.raises(ValueError, match=expected):
+        kb.BayesAgg(multiclass_posterior="kronecker", num_samples=64, kronecker_draws_per_rotation=value)
+
+
+@pytest.mark.parametrize("value,posterior", [("auto", "kronecker"), ("auto", "full"), (1, "full"), (16, "kronecker")])
+def test_config_round_trips_auto_and_whole_numbers(value, posterior):
+    aggregator = kb.BayesAgg(multiclass_posterior=posterior, num_samples=32, kronecker_draws_per_rotation=value)
+    config = aggregator.get_config()
+    assert config["kronecker_draws_per_rotation"] == value
+    restored = kb.BayesAgg.from_config(config)
+    assert restored.kronecker_draws_per_rotation == value
+    assert restored.draws_per_rotation == aggregator.draws_per_rotation
+    del config["kronecker_draws_per_rotation"]  # a config written before the option existed
+    assert kb.BayesAgg.from_config(config).kronecker_draws_per_rotation == "auto"
+
+
+@pytest.mark.parametrize("value", ["auto", 1, 8])
+def test_saved_models_keep_their_draws_per_rotation(tmp_path, value):
+    model = _model()
+    _compile(model, "kronecker", kronecker_draws_per_rotation=value)  # S = 256
+    model.build((None, INPUTS))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.aggregator.kronecker_draws_per_rotation == value
+    assert restored.aggregator.classification_group("kind").draws_per_rotation == (2 if value == "auto" else value)
+
+
+def _group_moments(**options) -> tuple[int, np.ndarray, np.ndarray]:
+    """K and the moments of the head's group of a fresh model with BayesAgg(num_samples=16, **options)."""
+    model = _model()
+    aggregator = kb.BayesAgg(num_samples=16, seed=3, multiclass_posterior="kronecker", **options)
+    model.compile(optimizer="sgd", aggregator=aggregator)
+    model.build((None, INPUTS))
+    group = aggregator.classification_group("kind")
+    rng = np.random.default_rng(4)
+    features = tf.constant(rng.normal(size=(12, DIM)), tf.float32)
+    labels = tf.one_hot(rng.integers(0, CLASSES, 12), CLASSES)
+    weights = tf.constant(rng.normal(size=(CLASSES, DIM + 1)) * 0.3, tf.float32)
+    moments, _ = group.moments(features, labels, tf.ones([12, 1]), weights, 16, tf.constant([5, 6]))
+    return group.draws_per_rotation, moments["kind"].mean.numpy(), moments["kind"].variance.numpy()
+
+
+def test_the_default_group_draws_with_the_resolved_draws_per_rotation():
+    default, two, one = (
+        _group_moments(),
+        _group_moments(kronecker_draws_per_rotation=2),
+        _group_moments(kronecker_draws_per_rotation=1),
+    )
+    assert default[0] == 2
+    np.testing.assert_array_equal(default[1], two[1])  # the same draws as an explicit K = 2 for the same seed
+    np.testing.assert_array_equal(default[2], two[2])
+    assert not np.allclose(default[2], one[2])  # and not the independent draws of K = 1
+
+
 def test_sign_flipped_draws_train_through_the_model_under_xla():
     x, labels = _data(2)
     model = _model()

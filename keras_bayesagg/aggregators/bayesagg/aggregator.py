@@ -61,9 +61,11 @@ class BayesAgg(PredictiveServing, Aggregator):
         multiclass_posterior: "full" (default, the paper): the GGN posterior of a C-class head, C(D+1)
             square; "kronecker": a Kronecker-factored one (memory O(C² + D²), docs/method.md) for heads of
             more than two classes, Monte Carlo moments in either case.
-        kronecker_draws_per_rotation: K for the Kronecker posterior: 1 (default, the paper's independent draws) or
-            an even K dividing S: each class rotation of the noise serves K draws by sign flips in antithetic pairs
-            (exact draws, unbiased and cheaper; far less noise in E[g], more in Var[g]: docs/method.md).
+        kronecker_draws_per_rotation: K for the Kronecker posterior: 1 (the paper's independent draws), an even K
+            dividing S (each class rotation of the noise serves K draws by sign flips in antithetic pairs: exact
+            draws, unbiased and cheaper; far less noise in E[g], more in Var[g]), or "auto" (default): 2 for an even
+            S, else 1 (1 with the full posterior), the K of least aggregated-gradient error at a given S in all but
+            one measured setting (docs/method.md step 7, docs/benchmarks.md); larger K are cheaper per step still.
 
     Missing labels and sample weights: each sample's weights α are normalized over its present task
     units, unit k's share of sample i is w_ik·α_ik (w: the sample weight, 0 for a missing label), and the
@@ -90,7 +92,7 @@ class BayesAgg(PredictiveServing, Aggregator):
         feature_buffer_rows: int = 8192,
         memory_limit_gb: float | None = 4.0,
         multiclass_posterior: str = "full",
-        kronecker_draws_per_rotation: int = 1,
+        kronecker_draws_per_rotation: int | str = "auto",
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -111,6 +113,7 @@ class BayesAgg(PredictiveServing, Aggregator):
         )
         for option, value in self.options.as_config().items():  # read as attributes everywhere (self.num_samples)
             setattr(self, option, value)
+        self.draws_per_rotation = self.options.draws_per_rotation  # K resolved ("auto": from S), static
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
@@ -130,9 +133,7 @@ class BayesAgg(PredictiveServing, Aggregator):
             dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
         )
         self.regression = RegressionPart(self, regression, **common) if regression else None
-        draws = dict(
-            multiclass_posterior=self.multiclass_posterior, draws_per_rotation=self.kronecker_draws_per_rotation
-        )
+        draws = dict(multiclass_posterior=self.multiclass_posterior, draws_per_rotation=self.draws_per_rotation)
         self.groups = classification_groups(self, layout, exact=self.moments == "exact", **draws, **common)
         self.regression_columns = layout.unit_columns(regression)
         self.staging = None

@@ -143,5 +143,5 @@ def refuse_for(aggregator: Any, batch_size: int | None) -> None:
         aggregator.memory_limit_gb,
         batch_size,
         getattr(aggregator, "multiclass_posterior", "full"),
-        getattr(aggregator, "kronecker_draws_per_rotation", 1),
+        getattr(aggregator, "draws_per_rotation", 1),  # K resolved ("auto": from S)
     )
