@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--num-samples", type=int, default=1024)
-    parser.add_argument("--draws-per-rotation", default="1", help="with --classes: comma-separated K values")
+    parser.add_argument(
+        "--draws-per-rotation", default="auto", help='with --classes: comma-separated K values ("auto": the default)'
+    )
     parser.add_argument("--no-cluster", action="store_true", help="time BayesAgg without the XLA cluster only")
     args = parser.parse_args()
     print(f"# before: float32 matmul {matmul_rate(10):.1f} GFLOP/s, load average {os.getloadavg()}", flush=True)
@@ -75,7 +77,8 @@ def main() -> None:
         preset, name = PRESETS[args.preset], args.preset
     jit = preset.xla
     variants = {"LS": compiled_step(kb.aggregators.LinearScalarization(), preset, jit, True)}
-    for reuse in (int(k) for k in args.draws_per_rotation.split(",")) if args.classes else [None]:
+    reuses = [k if k == "auto" else int(k) for k in args.draws_per_rotation.split(",")] if args.classes else [None]
+    for reuse in reuses:
         tag = "" if reuse is None else f" K={reuse}"
         given = options if reuse is None else {**options, "kronecker_draws_per_rotation": reuse}
         if not jit:  # under a jit-compiled model the cluster makes no difference

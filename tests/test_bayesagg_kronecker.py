@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bayesagg as kb
+from keras_bayesagg.aggregators.bayesagg.options import auto_draws_per_rotation, resolve_draws_per_rotation
 from keras_bayesagg.bayes import classification, kronecker, predictive
 from tests.conftest import value_and_class_data
 
@@ -127,16 +128,18 @@ def test_config_round_trip_and_bad_value():
 
 
 @pytest.mark.parametrize(
-    "posterior,samples,expected",
-    [("kronecker", 16, 2), ("kronecker", 64, 2), ("kronecker", 1024, 2), ("kronecker", 15, 1), ("kronecker", 1, 1)]
-    + [("full", 16, 1), ("full", 1024, 1)],
+    "posterior,samples,classes,batch,expected",
+    [("kronecker", 16, None, None, 2), ("kronecker", 1024, None, None, 2), ("kronecker", 15, None, None, 1)]
+    + [("kronecker", 1, 1000, 128, 1), ("full", 16, 1000, 128, 1), ("full", 1024, None, None, 1)]
+    + [("kronecker", 16, 100, 128, 2), ("kronecker", 16, 1000, 128, 8), ("kronecker", 16, 1000, 32, 16)]
+    + [("kronecker", 24, 1000, 128, 8), ("kronecker", 20, 1000, 128, 10), ("kronecker", 6, 1000, 128, 6)],
 )
-def test_auto_draws_per_rotation_is_the_default_and_resolves_from_num_samples(posterior, samples, expected):
+def test_auto_draws_per_rotation_resolves_from_samples_classes_and_batch(posterior, samples, classes, batch, expected):
+    # 2 (an antithetic pair) unless the class rotations would dominate: then the smallest even divisor ≥ C/B.
+    assert auto_draws_per_rotation(samples, posterior, classes, batch) == expected
     aggregator = kb.BayesAgg(multiclass_posterior=posterior, num_samples=samples)  # "auto" is no error with "full"
     assert aggregator.kronecker_draws_per_rotation == "auto"
-    assert aggregator.draws_per_rotation == expected
-    explicit = kb.BayesAgg(multiclass_posterior="kronecker", num_samples=64, kronecker_draws_per_rotation=16)
-    assert explicit.draws_per_rotation == 16  # a whole number is kept as given
+    assert resolve_draws_per_rotation(16, 64, "kronecker", 1000, 128) == 16  # a whole number is kept as given
 
 
 @pytest.mark.parametrize("value", ["Auto", "", "2", "fast", None, 2.5, True])
@@ -153,7 +156,6 @@ def test_config_round_trips_auto_and_whole_numbers(value, posterior):
     assert config["kronecker_draws_per_rotation"] == value
     restored = kb.BayesAgg.from_config(config)
     assert restored.kronecker_draws_per_rotation == value
-    assert restored.draws_per_rotation == aggregator.draws_per_rotation
     del config["kronecker_draws_per_rotation"]  # a config written before the option existed
     assert kb.BayesAgg.from_config(config).kronecker_draws_per_rotation == "auto"
 
@@ -167,7 +169,7 @@ def test_saved_models_keep_their_draws_per_rotation(tmp_path, value):
     model.save(path)
     restored = keras.models.load_model(path)
     assert restored.aggregator.kronecker_draws_per_rotation == value
-    assert restored.aggregator.classification_group("kind").draws_per_rotation == (2 if value == "auto" else value)
+    assert restored.aggregator.classification_group("kind").draws_at(256, 64) == (2 if value == "auto" else value)
 
 
 def _group_moments(**options) -> tuple[int, np.ndarray, np.ndarray]:
@@ -182,7 +184,7 @@ def _group_moments(**options) -> tuple[int, np.ndarray, np.ndarray]:
     labels = tf.one_hot(rng.integers(0, CLASSES, 12), CLASSES)
     weights = tf.constant(rng.normal(size=(CLASSES, DIM + 1)) * 0.3, tf.float32)
     moments, _ = group.moments(features, labels, tf.ones([12, 1]), weights, 16, tf.constant([5, 6]))
-    return group.draws_per_rotation, moments["kind"].mean.numpy(), moments["kind"].variance.numpy()
+    return group.draws_at(16, 12), moments["kind"].mean.numpy(), moments["kind"].variance.numpy()
 
 
 def test_the_default_group_draws_with_the_resolved_draws_per_rotation():
@@ -204,3 +206,29 @@ def test_sign_flipped_draws_train_through_the_model_under_xla():
     model.fit(_dataset(x, labels), epochs=2, verbose=0)
     assert all(np.all(np.isfinite(w)) for w in model.trunk.get_weights())
     assert not np.allclose(model.aggregator.last_task_weights.numpy(), 1.0)
+
+
+def test_auto_draws_follow_the_static_batch_else_the_batch_fit_announces():
+    """A head of C = 5 classes on batches of 2 rows: C/B = 2.5, so "auto" is K = 4 at S = 16; on 12 rows K = 2."""
+    model = _model()
+    aggregator = kb.BayesAgg(num_samples=16, seed=3, multiclass_posterior="kronecker")
+    model.compile(optimizer="sgd", aggregator=aggregator)
+    model.build((None, INPUTS))
+    group = aggregator.classification_group("kind")
+    rng = np.random.default_rng(4)
+    features = tf.constant(rng.normal(size=(2, DIM)), tf.float32)
+    labels = tf.one_hot(rng.integers(0, CLASSES, 2), CLASSES)
+    weights = tf.constant(rng.normal(size=(CLASSES, DIM + 1)) * 0.3, tf.float32)
+
+    def variance(draws: int | str, static: bool = True) -> np.ndarray:
+        group.draws_per_rotation = draws
+        spec = tf.TensorSpec([2 if static else None, DIM], tf.float32)
+        step = tf.function(lambda h: group.moments(h, labels, tf.ones([2, 1]), weights, 16, tf.constant([5, 6]))[0])
+        return step.get_concrete_function(spec)(features)["kind"].variance.numpy()
+
+    assert group.draws_at(16, 2) == 4 and group.draws_at(16, 12) == 2 and group.draws_at(16, None) == 2
+    np.testing.assert_array_equal(variance("auto"), variance(4))
+    assert not np.allclose(variance("auto", static=False), variance(4))  # no static batch, none announced: K = 2
+    aggregator.check_batch_size(2)  # what fit does before it traces
+    assert group.expected_batch == 2
+    np.testing.assert_array_equal(variance("auto", static=False), variance(4))

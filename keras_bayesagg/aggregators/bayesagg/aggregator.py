@@ -25,6 +25,7 @@ from keras_bayesagg.aggregators.bayesagg.classification_part import (
     classification_groups,
     group_holding,
 )
+from keras_bayesagg.aggregators.bayesagg.kronecker_group import KroneckerGroup
 from keras_bayesagg.aggregators.bayesagg.options import BayesAggOptions
 from keras_bayesagg.aggregators.bayesagg.posterior_faults import posterior_faults
 from keras_bayesagg.aggregators.bayesagg.predictive_part import PredictivePart, PredictiveServing
@@ -113,7 +114,6 @@ class BayesAgg(PredictiveServing, Aggregator):
         )
         for option, value in self.options.as_config().items():  # read as attributes everywhere (self.num_samples)
             setattr(self, option, value)
-        self.draws_per_rotation = self.options.draws_per_rotation  # K resolved ("auto": from S), static
         self.seed_generator = keras.random.SeedGenerator(seed, name="bayesagg_seed")
 
     # ------------------------------------------------------------------ state
@@ -133,7 +133,9 @@ class BayesAgg(PredictiveServing, Aggregator):
             dim=dim, prior_variance=fixed, dtype=self.linalg_dtype, initial_prior_variance=INITIAL_AUTO_PRIOR_VARIANCE
         )
         self.regression = RegressionPart(self, regression, **common) if regression else None
-        draws = dict(multiclass_posterior=self.multiclass_posterior, draws_per_rotation=self.draws_per_rotation)
+        draws = dict(
+            multiclass_posterior=self.multiclass_posterior, draws_per_rotation=self.kronecker_draws_per_rotation
+        )
         self.groups = classification_groups(self, layout, exact=self.moments == "exact", **draws, **common)
         self.regression_columns = layout.unit_columns(regression)
         self.staging = None
@@ -150,8 +152,12 @@ class BayesAgg(PredictiveServing, Aggregator):
         self.whitening_state = [v for group in binary_groups for v in group.add_whitening_state(self)]  # last of all
 
     def check_batch_size(self, batch_size: int) -> None:
-        """The memory estimate at the batch size fit will use (the build-time check knew no batch)."""
+        """The memory estimate at the batch size fit will use (the build-time check knew no batch); Kronecker
+        heads resolve "auto" draws per rotation for it where the traced batch has no static size."""
         memory.refuse_for(self, batch_size)
+        for group in self.groups:
+            if isinstance(group, KroneckerGroup):
+                group.expected_batch = int(batch_size)
 
     # ------------------------------------------------------------------ per step
     def aggregate(self, inputs: AggregatorInputs) -> RepresentationAggregation:

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bayesagg.aggregators.bayesagg.options import resolve_draws_per_rotation
 from keras_bayesagg.bayes import kronecker, kronecker_draws
 from keras_bayesagg.bayes.regression import GradientMoments
 
@@ -41,10 +42,11 @@ class KroneckerGroup:
         dtype: str,
         initial_prior_variance: float,
         columns: Sequence[int] = (),
-        draws_per_rotation: int = 1,
+        draws_per_rotation: int | str = 1,
     ) -> None:
         self.task_units, self.columns, self.prefix = dict(task_units), tuple(columns), prefix
-        self.draws_per_rotation = draws_per_rotation
+        self.draws_per_rotation = draws_per_rotation  # K, or "auto": resolved per batch size (`draws_at`)
+        self.expected_batch: int | None = None  # fit's batch size, where the traced one is not static
         self.prior_variance, self.dtype = prior_variance, dtype
         (self.label_columns,) = self.task_units.values()
         self.staged_columns = self.label_columns + len(self.columns)
@@ -121,11 +123,15 @@ class KroneckerGroup:
             own(labels),
             num_samples,
             seed,
-            self.draws_per_rotation,
+            self.draws_at(num_samples, features.shape[0] or self.expected_batch),
             batch_hint=features.shape[0],
         )
         (name,) = self.task_units
         return {name: moments}, {name: ok}
+
+    def draws_at(self, num_samples: int, batch: int | None) -> int:
+        """K for S = `num_samples` draws on (global) batches of `batch` rows."""
+        return resolve_draws_per_rotation(self.draws_per_rotation, num_samples, "kronecker", self.label_columns, batch)
 
     def _chunks(self, features: np.ndarray, labels: np.ndarray, present: np.ndarray):
         for start in range(0, len(features), FULL_DATA_CHUNK_ROWS):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from keras_bayesagg.aggregators.base import TaskLayout
+from keras_bayesagg.aggregators.bayesagg.options import resolve_draws_per_rotation
 from keras_bayesagg.bayes import kronecker
 from keras_bayesagg.tasks import Binary, Multiclass, Regression
 
@@ -28,7 +29,7 @@ def estimate(
     itemsize: int,
     batch: int,
     multiclass_posterior: str = "full",
-    draws_per_rotation: int = 1,
+    draws_per_rotation: int | str = 1,
 ) -> list[MemoryItem]:
     """State plus per-step working memory of each group of tasks, in bytes (dominant terms)."""
     dim, width = layout.representation_dim, layout.representation_dim + 1
@@ -78,13 +79,14 @@ def readable(size: float) -> str:
 
 
 def _kronecker_item(
-    name: str, classes: int, dim: int, num_samples: int, itemsize: int, batch: int, draws_per_rotation: int = 1
+    name: str, classes: int, dim: int, num_samples: int, itemsize: int, batch: int, draws_per_rotation: int | str = 1
 ) -> MemoryItem:
     """Bases and served bases (2C² + 2n²), λ_F, mean, served λ, batch λ and mean (5Cn), and one chunk of draws:
     noise and drawn heads (2·[chunk, C, n]), four [B, chunk, C] and three [chunk, B, max(n, D)] tensors
     (`kronecker.draw_chunk`)."""
     width = dim + 1
-    chunk = kronecker.draw_chunk(num_samples, classes, width, batch, draws_per_rotation)
+    reuse = resolve_draws_per_rotation(draws_per_rotation, num_samples, "kronecker", classes, batch)
+    chunk = kronecker.draw_chunk(num_samples, classes, width, batch, reuse)
     state = 2 * classes * classes + 2 * width * width + 5 * classes * width
     draws = chunk * (2 * classes * width + 4 * batch * classes + 3 * batch * width)
     return MemoryItem(
@@ -101,7 +103,7 @@ def refuse_if_too_large(
     limit_gb: float | None,
     batch_size: int | None = None,
     multiclass_posterior: str = "full",
-    draws_per_rotation: int = 1,
+    draws_per_rotation: int | str = 1,
 ) -> None:
     """Raise a MemoryError naming the largest part when the estimate at `batch_size` exceeds `limit_gb` GiB.
 
@@ -143,5 +145,5 @@ def refuse_for(aggregator: Any, batch_size: int | None) -> None:
         aggregator.memory_limit_gb,
         batch_size,
         getattr(aggregator, "multiclass_posterior", "full"),
-        getattr(aggregator, "draws_per_rotation", 1),  # K resolved ("auto": from S)
+        getattr(aggregator, "kronecker_draws_per_rotation", 1),  # "auto" is resolved per head
     )

@@ -13,12 +13,34 @@ MULTICLASS_POSTERIORS = ("full", "kronecker")
 DRAWS_PER_ROTATION_EXPECTATION = '1, an even divisor of num_samples ({num_samples}) or "auto"'
 
 
-def auto_draws_per_rotation(num_samples: int, multiclass_posterior: str) -> int:
-    """K of `kronecker_draws_per_rotation="auto"`: 2 (one antithetic pair per class rotation) when S is even and the
-    posterior is Kronecker, else 1. At a given S, K = 2 gave the least error of the aggregated trunk gradient of the
-    K measured in all but one setting (a task dwarfing the head's gradient) and costs less than K = 1; larger K
-    cost less still for more error (docs/benchmarks.md, "K and the aggregated gradient")."""
-    return 2 if multiclass_posterior == "kronecker" and num_samples % 2 == 0 else 1
+def auto_draws_per_rotation(
+    num_samples: int, multiclass_posterior: str, num_classes: int | None = None, batch: int | None = None
+) -> int:
+    """K of `kronecker_draws_per_rotation="auto"`: 1 unless the posterior is Kronecker and S is even; else the
+    smallest even divisor of S that is at least max(2, C/B) (the largest even divisor of S if none is).
+
+    Why: at a given S one antithetic pair per rotation (K = 2) gave the least error of the aggregated trunk
+    gradient in all but one measured setting, and larger K add some error; but a rotation costs 2C²n FLOP and a
+    draw's own forward and backward pass about 4BCn, so once C > 2B the rotations dominate the step. K ≥ C/B keeps
+    them under half of the draws' cost; in the measurements that K had the least error per unit of step time
+    (C = 1000, B = 128: K = 8; C = 100: K = 2; docs/benchmarks.md, "K and the aggregated gradient").
+    Without C and B (before the head's batch is known) it is 2.
+    """
+    if multiclass_posterior != "kronecker" or num_samples % 2:
+        return 1
+    target = 2 if not num_classes or not batch else max(2, -(-num_classes // batch))
+    even_divisors = [k for k in range(2, num_samples + 1, 2) if num_samples % k == 0]
+    return min([k for k in even_divisors if k >= target], default=max(even_divisors))
+
+
+def resolve_draws_per_rotation(
+    given: int | str, num_samples: int, multiclass_posterior: str, num_classes: int | None, batch: int | None
+) -> int:
+    """K as a Kronecker head of `num_classes` draws with it on batches of `batch` rows: the whole number given, or
+    "auto" resolved (`auto_draws_per_rotation`)."""
+    if given == "auto":
+        return auto_draws_per_rotation(num_samples, multiclass_posterior, num_classes, batch)
+    return int(given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +101,6 @@ class BayesAggOptions:
             ),
             kronecker_draws_per_rotation=reuse,
         )
-
-    @property
-    def draws_per_rotation(self) -> int:
-        """K as the Kronecker groups draw with it: the given whole number, or "auto" resolved from S."""
-        if self.kronecker_draws_per_rotation == "auto":
-            return auto_draws_per_rotation(self.num_samples, self.multiclass_posterior)
-        return self.kronecker_draws_per_rotation
 
     def as_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
