@@ -64,9 +64,9 @@ class BayesAgg(PredictiveServing, Aggregator):
             more than two classes, Monte Carlo moments in either case.
         kronecker_draws_per_rotation: K for the Kronecker posterior: 1 (the paper's independent draws), an even K
             dividing S (each class rotation of the noise serves K draws by sign flips in antithetic pairs: exact
-            draws, unbiased and cheaper; far less noise in E[g], more in Var[g]), or "auto" (default): 2 for an even
-            S, else 1 (1 with the full posterior), the K of least aggregated-gradient error at a given S in all but
-            one measured setting (docs/method.md step 7, docs/benchmarks.md); larger K are cheaper per step still.
+            draws, unbiased and cheaper; far less noise in E[g], more in Var[g]), or "auto" (default): the smallest
+            even divisor of S ≥ max(2, C/B) per head (1 for an odd S or the full posterior): an antithetic pair per
+            rotation unless the rotations would dominate the step (docs/method.md step 7, docs/benchmarks.md).
 
     Missing labels and sample weights: each sample's weights α are normalized over its present task
     units, unit k's share of sample i is w_ik·α_ik (w: the sample weight, 0 for a missing label), and the
