@@ -6,10 +6,11 @@
 
 `step_time.py` times one model after the other, so a change of load between them shows as a ratio. Here
 every round runs `--steps` steps of each variant back to back (LS; BayesAgg with its Bayesian part as one XLA
-cluster; BayesAgg without it) and the ratio to LS is taken within the round; the median over rounds is printed
-with the quartiles, and each variant's first fit (tracing and compilation, one step, the refresh, three steps).
-`--classes` times a regression task plus one `Multiclass(C)` head with the Kronecker
-posterior on the conv trunk instead of a preset, one BayesAgg variant per `--draws-per-rotation` K (each with
+cluster; BayesAgg without it) and the ratio to LS is taken within the round (`--general-path` adds BayesAgg with
+binary sets through the general factorization, not the prior's cached inverse factor: `prior_whitening.py`); the
+median over rounds is printed with the quartiles, and each variant's first fit (tracing and compilation, one
+step, the refresh, three steps). `--classes` times a regression task plus one `Multiclass(C)` head with the
+Kronecker posterior on the conv trunk instead of a preset, one BayesAgg variant per `--draws-per-rotation` K (each with
 and without the cluster). The float32 matmul rate (`flop_model.py`) and the load average are printed before and
 after the rounds.
 """
@@ -31,6 +32,7 @@ from flop_model import matmul_rate  # noqa: E402
 from step_time import PRESETS, Preset, make_trunk, parse_tasks  # noqa: E402
 
 import keras_bayesagg as kb  # noqa: E402
+from keras_bayesagg.aggregators.bayesagg.prior_whitening import PriorWhitening  # noqa: E402
 from keras_bayesagg.data import random_task_batch  # noqa: E402
 
 
@@ -66,6 +68,9 @@ def main() -> None:
         "--draws-per-rotation", default="auto", help='with --classes: comma-separated K values ("auto": the default)'
     )
     parser.add_argument("--no-cluster", action="store_true", help="time BayesAgg without the XLA cluster only")
+    parser.add_argument(
+        "--general-path", action="store_true", help="also time binary sets without the whitened prior (same run)"
+    )
     args = parser.parse_args()
     print(f"# before: float32 matmul {matmul_rate(10):.1f} GFLOP/s, load average {os.getloadavg()}", flush=True)
     options = dict(warmup_epochs=0, seed=0, num_samples=args.num_samples)
@@ -84,6 +89,10 @@ def main() -> None:
         if not jit:  # under a jit-compiled model the cluster makes no difference
             # First: its first fit compiles the XLA factorizations the cluster (compiled whole) does not reuse.
             variants[f"BayesAgg{tag} (no cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, False)
+        if args.general_path and not jit:  # the binary step without the prior's cached inverse factor
+            PriorWhitening.enabled = False  # read while the step is traced
+            variants[f"BayesAgg{tag} (general path)"] = compiled_step(kb.BayesAgg(**given), preset, jit, False)
+            PriorWhitening.enabled = True
         if not args.no_cluster:
             variants[f"BayesAgg{tag} (XLA cluster)"] = compiled_step(kb.BayesAgg(**given), preset, jit, True)
     first_seconds = {key: first for key, (_, first) in variants.items()}
