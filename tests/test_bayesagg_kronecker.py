@@ -172,17 +172,22 @@ def test_saved_models_keep_their_draws_per_rotation(tmp_path, value):
     assert restored.aggregator.classification_group("kind").draws_at(256, 64) == (2 if value == "auto" else value)
 
 
-def _group_moments(**options) -> tuple[int, np.ndarray, np.ndarray]:
-    """K and the moments of the head's group of a fresh model with BayesAgg(num_samples=16, **options)."""
+def _head_group(rows: int, **options):
+    """A fresh model's BayesAgg(num_samples=16, **options), its head's group, and a batch of `rows` for it."""
     model = _model()
     aggregator = kb.BayesAgg(num_samples=16, seed=3, multiclass_posterior="kronecker", **options)
     model.compile(optimizer="sgd", aggregator=aggregator)
     model.build((None, INPUTS))
-    group = aggregator.classification_group("kind")
     rng = np.random.default_rng(4)
-    features = tf.constant(rng.normal(size=(12, DIM)), tf.float32)
-    labels = tf.one_hot(rng.integers(0, CLASSES, 12), CLASSES)
+    features = tf.constant(rng.normal(size=(rows, DIM)), tf.float32)
+    labels = tf.one_hot(rng.integers(0, CLASSES, rows), CLASSES)
     weights = tf.constant(rng.normal(size=(CLASSES, DIM + 1)) * 0.3, tf.float32)
+    return aggregator, aggregator.classification_group("kind"), features, labels, weights
+
+
+def _group_moments(**options) -> tuple[int, np.ndarray, np.ndarray]:
+    """K and the moments of the head's group of a fresh model with BayesAgg(num_samples=16, **options)."""
+    _, group, features, labels, weights = _head_group(12, **options)
     moments, _ = group.moments(features, labels, tf.ones([12, 1]), weights, 16, tf.constant([5, 6]))
     return group.draws_at(16, 12), moments["kind"].mean.numpy(), moments["kind"].variance.numpy()
 
@@ -210,15 +215,7 @@ def test_sign_flipped_draws_train_through_the_model_under_xla():
 
 def test_auto_draws_follow_the_static_batch_else_the_batch_fit_announces():
     """A head of C = 5 classes on batches of 2 rows: C/B = 2.5, so "auto" is K = 4 at S = 16; on 12 rows K = 2."""
-    model = _model()
-    aggregator = kb.BayesAgg(num_samples=16, seed=3, multiclass_posterior="kronecker")
-    model.compile(optimizer="sgd", aggregator=aggregator)
-    model.build((None, INPUTS))
-    group = aggregator.classification_group("kind")
-    rng = np.random.default_rng(4)
-    features = tf.constant(rng.normal(size=(2, DIM)), tf.float32)
-    labels = tf.one_hot(rng.integers(0, CLASSES, 2), CLASSES)
-    weights = tf.constant(rng.normal(size=(CLASSES, DIM + 1)) * 0.3, tf.float32)
+    aggregator, group, features, labels, weights = _head_group(2)
 
     def variance(draws: int | str, static: bool = True) -> np.ndarray:
         group.draws_per_rotation = draws
