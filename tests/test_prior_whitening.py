@@ -238,3 +238,12 @@ def test_the_cache_is_saved_with_the_model_and_a_file_without_it_loads(trained, 
         loaded_whitening.inverse_factor.numpy(), aggregator.groups[0].whitening.inverse_factor
     )
     assert set(map(id, aggregator.variables_after_0_2_0())) <= set(map(id, aggregator.later_version_variables()))
+
+
+def test_the_cache_gives_the_served_covariance_only_for_its_own_prior(trained):
+    _, aggregator, _, _ = trained
+    group = aggregator.groups[0]
+    precision = group.prior_precision.numpy()
+    covariance = group.whitening.covariance(tf.constant(precision))
+    np.testing.assert_allclose(covariance.numpy(), np.linalg.inv(precision.astype("float64")), rtol=2e-3, atol=1e-6)
+    assert group.whitening.covariance(tf.constant(precision * 1.5)) is None

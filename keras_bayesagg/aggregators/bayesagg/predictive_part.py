@@ -98,6 +98,10 @@ class PredictivePart:
             basis = group.basis()
             inverse = tf.math.reciprocal(tf.convert_to_tensor(group.prior_precision))
             return predictive.FactoredCovariance(basis.classes, basis.features, inverse)
+        whitening = getattr(group, "whitening", None)  # a binary set's cached inverse factor: no second factorization
+        cached = whitening.covariance(tf.convert_to_tensor(group.prior_precision)) if whitening is not None else None
+        if cached is not None:
+            return cached
         factor, _ = safe_cholesky(tf.convert_to_tensor(group.prior_precision))  # the refresh checked it
         inverse = inverse_from_cholesky(factor)
         return 0.5 * (inverse + tf.linalg.matrix_transpose(inverse))

@@ -50,6 +50,19 @@ class PriorWhitening:
         self.inverse_factor.assign(linalg.triangular_inverse(factor))
         self.fingerprint.assign(tf.where(exact[:, None], diagonal, tf.zeros_like(diagonal)))
 
+    def covariance(self, prior_precision: tf.Tensor) -> tf.Tensor | None:
+        """P⁻¹ = MᵀM [M, n, n] from the cache (eagerly, at the refresh: the served state's covariance without a
+        second factorization of P), or None where the cache is not of `prior_precision`."""
+        if not self._caches(prior_precision):
+            return None
+        inverse_factor = tf.convert_to_tensor(self.inverse_factor)
+        covariance = tf.matmul(inverse_factor, inverse_factor, transpose_a=True)
+        return 0.5 * (covariance + tf.linalg.matrix_transpose(covariance))
+
+    def _caches(self, prior_precision: tf.Tensor) -> tf.Tensor:
+        """Scalar bool: the cache was computed from this prior (its fingerprint is the prior's diagonal)."""
+        return tf.reduce_all(tf.equal(tf.linalg.diag_part(prior_precision), self.fingerprint))
+
     def moments(
         self,
         features: tf.Tensor,
@@ -68,8 +81,7 @@ class PriorWhitening:
         inverse_factor = tf.convert_to_tensor(self.inverse_factor)
         present = tf.cast(present, features.dtype)
         curvature = preconditioned.whitened_curvature(features, weights, inverse_factor, present)
-        cached = tf.reduce_all(tf.equal(tf.linalg.diag_part(prior_precision), self.fingerprint))
-        usable = cached & preconditioned.factorization_is_safe(curvature.rows)
+        usable = self._caches(prior_precision) & preconditioned.factorization_is_safe(curvature.rows)
 
         def whitened() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             posterior = preconditioned.binary_posterior(
