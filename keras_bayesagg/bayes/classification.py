@@ -76,15 +76,22 @@ def binary_curvature(
     """
     extended = with_bias_feature(features)
     probabilities = tf.sigmoid(tf.matmul(extended, weights, transpose_b=True))  # [B, O]
-    residuals = probabilities - labels
     curvature = probabilities * (1.0 - probabilities)
     if present is not None:
-        mask = tf.cast(present, features.dtype)
-        residuals, curvature = residuals * mask, curvature * mask
+        curvature = curvature * tf.cast(present, features.dtype)
     weighted = tf.transpose(curvature)[:, :, None] * extended[None, :, :]  # [O, B, D+1]
     ggn = tf.matmul(weighted, extended[None, :, :], transpose_a=True)  # [O, D+1, D+1]
-    loss_gradient = tf.matmul(residuals, extended, transpose_a=True)  # [O, D+1]
-    return Curvature(ggn, loss_gradient)
+    return Curvature(ggn, binary_loss_gradient(extended, probabilities, labels, present))
+
+
+def binary_loss_gradient(
+    extended: tf.Tensor, probabilities: tf.Tensor, labels: tf.Tensor, present: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Σ_i π_io (p_io − y_io) h̃_i [O, D+1] from h̃ [B, D+1] and the probabilities p [B, O] at the head."""
+    residuals = probabilities - labels
+    if present is not None:
+        residuals = residuals * tf.cast(present, extended.dtype)
+    return tf.matmul(residuals, extended, transpose_a=True)
 
 
 def multiclass_curvature(

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from keras_bayesagg.bayes.classification import with_bias_feature
+from keras_bayesagg.bayes.classification import binary_loss_gradient, with_bias_feature
 
 
 class WhitenedCurvature(NamedTuple):
@@ -115,10 +115,7 @@ def binary_posterior(
     identity = tf.eye(tf.shape(rows)[-1], batch_shape=tf.shape(rows)[:1], dtype=rows.dtype)
     core_factor = tf.linalg.cholesky(identity + tf.matmul(rows, rows, transpose_a=True))  # L̃
     inverse_factor = tf.linalg.triangular_solve(core_factor, prior_inverse_factor, lower=True)  # N = L̃⁻¹M
-    residuals = curvature.probabilities - labels
-    if present is not None:
-        residuals = residuals * tf.cast(present, features.dtype)
-    gradient = tf.matmul(residuals, with_bias_feature(features), transpose_a=True)  # [O, n]
+    gradient = binary_loss_gradient(with_bias_feature(features), curvature.probabilities, labels, present)  # [O, n]
     direction = gradient + tf.linalg.matvec(prior_precision, weights - prior_mean)
     step = tf.linalg.matvec(inverse_factor, tf.linalg.matvec(inverse_factor, direction), transpose_a=True)
     mean = weights - step
